@@ -1,0 +1,3 @@
+"""noduleclip: a semantic-guided vision-language model for lung-nodule malignancy on CT."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from noduleclip.cli import main
+
+raise SystemExit(main())
