@@ -1,0 +1,58 @@
+"""`noduleclip views IMAGE --coord X,Y,Z --out views.png`: draw one nodule's nine views."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from noduleclip.commands.preprocess import add_view_options, view_config
+from noduleclip.errors import InputError
+
+
+def parse_coord(text: str) -> np.ndarray:
+    """'X,Y,Z' in world mm (LPS) -> array; a clear error otherwise."""
+    parts = [p for p in text.replace(" ", ",").split(",") if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3 or not np.all(np.isfinite(values)):
+        raise InputError(f"--coord {text!r} is not three numbers X,Y,Z in world millimetres (LPS)")
+    return np.array(values)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("views", help="draw the nine views of one nodule to a PNG",
+                       description="Cut the nine 2.5D views around a nodule and draw them, labelled by plane, "
+                       "so that a person can check them by eye.")
+    p.add_argument("image", help="CT: DICOM series folder, NIfTI, MHA/MHD or NRRD")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--coord", help="nodule centre X,Y,Z in world mm (LPS); default: the image centre")
+    where.add_argument("--mask", help="nodule mask aligned with the image: its centroid is the centre")
+    p.add_argument("--out", required=True, help="output PNG")
+    add_view_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from noduleclip.io import read_mask, read_volume
+    from noduleclip.plots import plot_views
+    from noduleclip.preprocess.pipeline import check_inside
+    from noduleclip.preprocess.views import mask_centroid, sample_planes
+
+    config = view_config(args)
+    volume = read_volume(args.image)
+    if args.coord:
+        center = parse_coord(args.coord)
+    elif args.mask:
+        try:
+            center = mask_centroid(read_mask(args.mask, reference=volume))
+        except ValueError:
+            raise InputError(f"mask {args.mask} is empty; give a mask that contains the nodule") from None
+    else:
+        center = volume.center_world()
+    check_inside(volume, center, "--coord")
+    views = sample_planes(volume, center, config)
+    title = f"{args.image}\ncentre {tuple(round(float(c), 1) for c in center)} mm (LPS)"
+    out = plot_views(views, args.out, title=title)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,227 @@
+"""One reader for every CT format: DICOM series folders, NIfTI, MHA/MHD and NRRD, always returned in LPS.
+
+File formats go through SimpleITK, which converts what the file stores (NIfTI's RAS, NRRD's declared
+space) into the LPS patient frame; DICOM folders go through `noduleclip.io.dicom`. Masks are read the
+same way (or from a DICOM SEG) and, given a reference volume, checked against or resampled onto its grid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from noduleclip.atomic import atomic_path
+from noduleclip.errors import InputError
+from noduleclip.io.dicom import SEGMENTATION_STORAGE, read_dicom_series, scan_dicom_folder
+from noduleclip.io.volume import Volume
+
+SINGLE_FILE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd")
+HEADER_DATA_SUFFIXES = (".mhd", ".nhdr")  # a header beside a separate data file
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+FORMATS = "a DICOM series folder, NIfTI (.nii, .nii.gz), MHA/MHD or NRRD (.nrrd, .nhdr)"
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _existing(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"{what} {path} does not exist; check the path")
+    return path
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if _suffix(path) in DICOM_SUFFIXES:
+        return True
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _read_image_file(path: Path):
+    """A 3-D scalar SimpleITK image from a NIfTI/MHA/MHD/NRRD file, in its stored pixel type."""
+    import SimpleITK as sitk
+
+    if _suffix(path) not in SINGLE_FILE_SUFFIXES + HEADER_DATA_SUFFIXES:
+        raise InputError(f"{path} is not a format noduleclip reads; pass {FORMATS}")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        if "orthonormal" in str(exc):
+            raise InputError(f"{path} has a sheared (non-orthonormal) orientation, which a regular volume cannot represent; resample it to an orthogonal grid") from None
+        raise InputError(f"cannot read the image file {path} (corrupt, truncated or not a valid {_suffix(path)} file); re-export or re-copy it") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path} has {image.GetNumberOfComponentsPerPixel()} values per voxel (colour or vector image); pass a single-channel CT volume")
+    size = list(image.GetSize())
+    if image.GetDimension() == 4 and size[3] == 1:
+        image = image[:, :, :, 0]
+        size = size[:3]
+    if image.GetDimension() != 3:
+        raise InputError(f"{path} is a {image.GetDimension()}-D image of size {size}; pass a single 3-D volume")
+    if min(size) < 2:
+        raise InputError(f"{path} holds a single slice (size {size}); a CT volume needs at least two slices along every axis")
+    return image
+
+
+def _volume_from_image(image, path: Path) -> Volume:
+    volume = Volume.from_sitk(image, source=str(path), metadata={"format": _suffix(path).lstrip(".")})
+    if abs(np.linalg.det(volume.direction)) < 1e-6:
+        raise InputError(f"{path} has a degenerate direction matrix {volume.direction.tolist()}; fix the file's orientation")
+    return volume
+
+
+def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+    """Read a CT scan (DICOM series folder, NIfTI, MHA/MHD, NRRD) as float32 HU in the LPS frame."""
+    path = _existing(path, "image")
+    if path.is_dir():
+        return read_dicom_series(path, series_uid)
+    if series_uid is not None:
+        raise InputError(f"series_uid only applies to DICOM folders, and {path} is a file; drop series_uid or pass the folder")
+    if _is_dicom_file(path):
+        raise InputError(f"{path} is a single DICOM file; pass the folder that holds the whole series")
+    volume = _volume_from_image(_read_image_file(path), path)
+    volume.array = volume.array.astype(np.float32, copy=False)
+    return volume
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write a Volume atomically as NIfTI (.nii/.nii.gz), MHA/MHD or NRRD/NHDR, keeping its LPS geometry."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in SINGLE_FILE_SUFFIXES + HEADER_DATA_SUFFIXES:
+        raise InputError(f"cannot write {path}: use a .nii, .nii.gz, .mha, .mhd, .nrrd or .nhdr name")
+    array = volume.array.astype(np.uint8) if volume.array.dtype == bool else volume.array
+    image = Volume(array, volume.origin, volume.spacing, volume.direction).to_sitk()
+    if suffix in SINGLE_FILE_SUFFIXES:
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        return path
+    # Header + data file: write both under their final names in a staging folder, move data first.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=path.parent))
+    try:
+        sitk.WriteImage(image, str(stage / path.name), useCompression=compress)
+        written = sorted(stage.iterdir(), key=lambda p: p.name == path.name)
+        for item in written:
+            os.replace(item, path.parent / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return path
+
+
+def same_grid(a: Volume, b: Volume, tolerance_voxels: float = 0.01) -> bool:
+    """True when two volumes share shape, spacing, direction and origin (to a small fraction of a voxel)."""
+    if a.array.shape != b.array.shape or not np.allclose(a.direction, b.direction, atol=1e-4):
+        return False
+    if not np.allclose(a.spacing, b.spacing, rtol=1e-4):
+        return False
+    return bool(np.all(np.abs(b.world_to_index(a.origin)) <= tolerance_voxels))
+
+
+def _resample_nearest(mask: Volume, reference: Volume) -> np.ndarray:
+    import SimpleITK as sitk
+
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(n) for n in reference.shape_ijk])
+    resampler.SetOutputOrigin(tuple(reference.origin))
+    resampler.SetOutputSpacing(tuple(reference.spacing))
+    resampler.SetOutputDirection(tuple(reference.direction.ravel()))
+    resampler.SetInterpolator(sitk.sitkNearestNeighbor)
+    resampler.SetDefaultPixelValue(0)
+    resampler.SetOutputPixelType(sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(resampler.Execute(mask.to_sitk()))
+
+
+def _read_dicom_seg(path: Path) -> Volume:
+    """A DICOM Segmentation object as a mask on its own frames' grid (all segments together)."""
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(path)
+        hd_volume = seg.get_volume()
+    except Exception as exc:
+        raise InputError(f"cannot read the DICOM segmentation {path} as a volume ({type(exc).__name__}: {exc}); export the mask as NIfTI instead") from None
+    array = np.asarray(hd_volume.array)
+    if array.ndim == 4:
+        array = array.max(axis=-1)
+    affine = np.asarray(hd_volume.affine, dtype=np.float64)
+    # highdicom indexes (slice, row, column); Volume's direction columns are (i, j, k) = (column, row, slice).
+    columns = affine[:3, [2, 1, 0]]
+    spacing = np.linalg.norm(columns, axis=0)
+    return Volume((array > 0).astype(np.uint8), origin=affine[:3, 3], spacing=spacing, direction=columns / spacing,
+                  source=str(path), metadata={"format": "dicom-seg", "series_uid": str(seg.SeriesInstanceUID)})
+
+
+def _dicom_seg_in(path: Path) -> Path:
+    """The one DICOM SEG file at `path` (a file, or a folder holding exactly one)."""
+    series = scan_dicom_folder(path) if path.is_dir() else []
+    if path.is_file():
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"], force=True)
+        if str(ds.get("SOPClassUID", "")) != SEGMENTATION_STORAGE:
+            raise InputError(f"{path} is a DICOM file but not a DICOM Segmentation; pass a SEG object or a NIfTI/MHA/NRRD mask")
+        return path
+    segs = [o.path for s in series for o in s.objects if o.sop_class_uid == SEGMENTATION_STORAGE]
+    if len(segs) != 1:
+        found = "none" if not segs else ", ".join(str(p) for p in segs)
+        raise InputError(f"a mask folder must hold exactly one DICOM Segmentation, {path} holds {len(segs)} ({found}); pass the SEG file itself")
+    return segs[0]
+
+
+def read_mask(path: str | os.PathLike, reference: Volume | None = None) -> Volume:
+    """Read a segmentation (values > 0 are the mask) as a uint8 0/1 Volume, on `reference`'s grid when given."""
+    path = _existing(path, "mask")
+    if path.is_dir() or _is_dicom_file(path):
+        mask = _read_dicom_seg(_dicom_seg_in(path))
+    else:
+        mask = _volume_from_image(_read_image_file(path), path)
+        mask.array = (mask.array > 0).astype(np.uint8)
+    if reference is None or same_grid(mask, reference):
+        if reference is not None:
+            mask = Volume(mask.array, reference.origin, reference.spacing, reference.direction, mask.source, mask.metadata)
+        return mask
+    resampled = _resample_nearest(mask, reference)
+    if mask.array.any() and not resampled.any():
+        raise InputError(f"the mask {path} does not overlap the image {reference.source or '(in memory)'}; check that they belong to the same scan")
+    metadata = dict(mask.metadata, resampled_from={"origin": mask.origin.tolist(), "spacing": mask.spacing.tolist(),
+                                                   "shape": list(mask.array.shape)})
+    return Volume(resampled, reference.origin, reference.spacing, reference.direction, str(path), metadata)
+
+
+def ct_hu_problem(volume: Volume) -> str | None:
+    """Why `volume` does not look like CT in Hounsfield units, or None when it does."""
+    where = volume.source or "the volume"
+    values = np.asarray(volume.array)
+    if not np.all(np.isfinite(values)):
+        return f"{where} contains NaN or infinite values; a CT in HU has finite values everywhere (fill them, e.g. with -1000)"
+    low, high = float(values.min()), float(values.max())
+    if low >= -500:
+        return (f"{where} does not look like CT in Hounsfield units: its values never fall below -500 (range {low:g} to {high:g}) "
+                f"while air and lung are near -1000; apply the scanner's rescale to HU, or pass a CT scan")
+    if high - low < 200:
+        return f"{where} does not look like CT in Hounsfield units: its values span only {low:g} to {high:g}; pass a CT scan"
+    if low < -10000 or high > 40000:
+        return f"{where} does not look like CT in Hounsfield units: its values reach {low:g} to {high:g}; apply the scanner's rescale to HU"
+    return None
+
+
+def looks_like_ct(volume: Volume) -> bool:
+    """True when the values are plausible CT Hounsfield units (air/lung below -500, a real range)."""
+    return ct_hu_problem(volume) is None
+
+
+def check_looks_like_ct(volume: Volume) -> None:
+    """Raise InputError with a clear reason when `volume` does not look like CT in Hounsfield units."""
+    problem = ct_hu_problem(volume)
+    if problem:
+        raise InputError(problem)

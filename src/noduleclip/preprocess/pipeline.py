@@ -1,0 +1,140 @@
+"""From a manifest to the view cache: read each scan once, cut every nodule's nine views.
+
+Work is grouped by image so that a scan with several nodules is read once; groups run in worker
+processes. A nodule that fails is reported with its reason and the others still complete.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import multiprocessing
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from noduleclip.data.manifest import NoduleManifest, NoduleRecord
+from noduleclip.errors import InputError, NoduleClipError
+from noduleclip.io import Volume, check_looks_like_ct, read_mask, read_volume
+from noduleclip.preprocess.cache import ViewCache
+from noduleclip.preprocess.views import ViewConfig, mask_centroid, sample_planes
+
+
+def _fmt_point(p) -> str:
+    return "(" + ", ".join(f"{v:.1f}" for v in p) + ")"
+
+
+def check_inside(volume: Volume, center_lps, where: str = "nodule") -> None:
+    """Raise a clear InputError when a world point lies outside the scan, with likely causes."""
+    center = np.asarray(center_lps, dtype=np.float64)
+    if volume.contains(center):
+        return
+    lo, hi = volume.world_extent()
+    extent = ", ".join(f"{ax} {a:.1f}..{b:.1f}" for ax, a, b in zip("xyz", lo, hi))
+    hints = []
+    shape = np.asarray(volume.shape_ijk)
+    if np.all(center >= 0) and np.all(center <= shape - 1) and np.allclose(center, np.round(center), atol=1e-6):
+        hints.append("the numbers look like voxel indices: give world millimetres")
+    if volume.contains(center * np.array([-1.0, -1.0, 1.0])):
+        hints.append("with x and y negated it would fall inside: these look like RAS coordinates, the manifest wants LPS")
+    hint = "; " + "; ".join(hints) if hints else "; check that it is in world millimetres (LPS) and belongs to this scan"
+    raise InputError(
+        f"{where}: centre {_fmt_point(center)} mm lies outside the scan {volume.source}, "
+        f"whose extent is {extent} mm (LPS){hint}"
+    )
+
+
+def nodule_center(volume: Volume, record: NoduleRecord) -> np.ndarray:
+    """The nodule centre in LPS mm: the given coordinate, else the mask centroid, else the crop's centre."""
+    if record.coord is not None:
+        center = np.asarray(record.coord, dtype=np.float64)
+    elif record.mask is not None:
+        mask = read_mask(record.mask, reference=volume)
+        try:
+            center = mask_centroid(mask)
+        except ValueError:
+            raise InputError(f"{record.where}: mask {record.mask} is empty; give a mask with the nodule or coordinates") from None
+    else:
+        center = volume.center_world()
+    try:
+        check_inside(volume, center, record.where)
+    except InputError as exc:
+        if record.coord is None or record.mask is None:
+            raise
+        centroid = mask_centroid(read_mask(record.mask, reference=volume))
+        raise InputError(f"{exc}; its mask's centroid is {_fmt_point(centroid)} mm") from None
+    return center
+
+
+@dataclass
+class PreprocessReport:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"{len(self.done)} computed, {len(self.skipped)} already cached, {len(self.failed)} failed"
+
+
+def _process_image(records: list[NoduleRecord], cache: ViewCache) -> list[tuple[str, str | None]]:
+    """Read one image and cache the views of its nodules; returns (nodule_id, error or None)."""
+    try:
+        volume = read_volume(records[0].image)
+        check_looks_like_ct(volume)
+    except NoduleClipError as exc:
+        return [(r.nodule_id, str(exc)) for r in records]
+    except Exception as exc:  # an unexpected reader failure must not stop the other scans
+        return [(r.nodule_id, f"could not read {records[0].image}: {type(exc).__name__}: {exc}") for r in records]
+    results = []
+    for record in records:
+        try:
+            center = nodule_center(volume, record)
+            views = sample_planes(volume, center, cache.config)
+            cache.save(record, views, center, {"source_spacing": volume.spacing.tolist()})
+            results.append((record.nodule_id, None))
+        except NoduleClipError as exc:
+            results.append((record.nodule_id, str(exc)))
+        except Exception as exc:
+            results.append((record.nodule_id, f"{type(exc).__name__}: {exc}"))
+    return results
+
+
+def preprocess_manifest(
+    manifest: NoduleManifest,
+    cache: ViewCache,
+    workers: int = 1,
+    progress: bool = True,
+) -> PreprocessReport:
+    """Compute and cache the views of every nodule not yet cached; never raises for one bad nodule."""
+    report = PreprocessReport()
+    groups: dict[str, list[NoduleRecord]] = defaultdict(list)
+    for record in manifest:
+        if cache.is_current(record):
+            report.skipped.append(record.nodule_id)
+        else:
+            groups[str(record.image)].append(record)
+    bar = tqdm(total=sum(len(g) for g in groups.values()), unit="nodule", desc="views", disable=not progress)
+    workers = max(1, min(workers, len(groups)))
+
+    def collect(results):
+        for nid, err in results:
+            (report.failed.append((nid, err)) if err else report.done.append(nid))
+        bar.update(len(results))
+
+    if workers == 1:
+        for records in groups.values():
+            collect(_process_image(records, cache))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            jobs = [pool.submit(_process_image, records, cache) for records in groups.values()]
+            for job in futures.as_completed(jobs):
+                collect(job.result())
+    bar.close()
+    return report
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
