@@ -19,6 +19,7 @@ import numpy as np
 
 from noduleclip.atomic import atomic_path
 from noduleclip.errors import InputError
+from noduleclip.semantics.parse import parse_features
 
 REQUIRED = ("patient_id", "nodule_id", "image")
 COORDS = ("coord_x", "coord_y", "coord_z")
@@ -38,11 +39,14 @@ class NoduleRecord:
     report: str | None = None
     split: str | None = None
     columns: dict[str, str] = field(default_factory=dict)
+    features: dict = field(default_factory=dict)
     row: int = 0
+    source: str = ""
 
     @property
     def where(self) -> str:
-        return f"row {self.row} (nodule {self.nodule_id!r})"
+        prefix = f"{self.source} " if self.source else ""
+        return f"{prefix}row {self.row} (nodule {self.nodule_id!r})"
 
 
 def _blank(value: str | None) -> bool:
@@ -148,8 +152,10 @@ class NoduleManifest:
                     split=None if _blank(row.get("split")) else row["split"].lower(),
                     columns={k: v for k, v in row.items() if k not in CORE},
                     row=n,
+                    source=path.name,
                 )
             )
+            records[-1].features = parse_features(records[-1].columns, records[-1].where)
         return cls(records, path=path, fieldnames=fieldnames)
 
     @staticmethod
