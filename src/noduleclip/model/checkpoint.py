@@ -1,0 +1,91 @@
+"""Save and load models: the weights that train as safetensors, the configuration as JSON; never pickle.
+
+A saved folder holds `model.safetensors` (LoRA adapters, MIL, projections, heads, logit scale; the whole
+towers only when they were fine-tuned) and `model.json`. Loading rebuilds the towers from
+the backbone registry and refuses a folder whose tensors or towers do not match what it rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic import staged_dir
+from ..errors import InputError
+from .model import ModelConfig, NoduleClipModel
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model.json"
+FORMAT = "noduleclip-model"
+FORMAT_VERSION = 1
+RANDOM_WARNING = "RANDOM TOWER WEIGHTS: this model's towers are not pretrained; use it for tests and timing only."
+
+
+def save_model(model: NoduleClipModel, folder: str | Path) -> Path:
+    """Write the model's trained weights and configuration into `folder` (atomically); return the folder."""
+    from safetensors.torch import save_file
+
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.saved_state_dict().items()}
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "towers_saved": model.towers_are_saved(),
+        "tensor_count": len(state),
+        "trainable_fraction": model.trainable_fraction(),
+    }
+    if model.config.random_init:
+        document["warning"] = RANDOM_WARNING
+    folder = Path(folder)
+    with staged_dir(folder) as stage:
+        save_file(state, str(stage / WEIGHTS_FILE), metadata={"format": "pt", "noduleclip": FORMAT})
+        (stage / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    return folder
+
+
+def read_model_config(folder: str | Path) -> tuple[ModelConfig, dict]:
+    """The saved ModelConfig and the whole JSON document of a model folder."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"{folder} is not a saved noduleclip model: {CONFIG_FILE} is missing.")
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); the model folder is damaged.") from None
+    if document.get("format") != FORMAT or document.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{path} is not a noduleclip model file of format version {FORMAT_VERSION}.")
+    return ModelConfig.from_dict(document["config"]), document
+
+
+def load_model(folder: str | Path, weights: str | Path | None = None, device: str = "cpu") -> NoduleClipModel:
+    """Rebuild a saved model (towers from the registry, `weights` or the saved weights path) in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    saved, document = read_model_config(folder)
+    config = ModelConfig.from_dict(saved.to_dict())
+    if weights is not None:
+        config.weights = str(weights)
+    if config.weights is not None and not Path(config.weights).exists():
+        raise InputError(f"The towers of {folder} were built from {config.weights}, which is gone; pass weights=... .")
+    for name in ("weights_source", "tokenizer", "tower_fingerprint"):
+        setattr(config, name, "")
+    model = NoduleClipModel(config)
+    if not document.get("towers_saved") and model.config.tower_fingerprint != saved.tower_fingerprint:
+        raise InputError(f"The towers rebuilt for {folder} ({model.config.weights_source}) differ from those it was "
+                         f"trained with ({saved.weights_source}); pass the same weights.")
+    try:
+        state = load_file(str(folder / WEIGHTS_FILE), device=device)
+    except (FileNotFoundError, SafetensorError, OSError) as error:
+        raise InputError(f"Cannot read {folder / WEIGHTS_FILE} ({error}); the model folder is damaged.") from None
+    expected = model.saved_state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise InputError(f"{folder / WEIGHTS_FILE} does not fit a {config.backbone}/{config.tuning} model "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}); it was saved from another configuration.")
+    wrong = [name for name, tensor in state.items() if tensor.shape != expected[name].shape]
+    if wrong:
+        raise InputError(f"{folder / WEIGHTS_FILE} has tensors of the wrong shape ({wrong[:3]}); it was saved from another configuration.")
+    model.load_state_dict(state, strict=False)
+    return model.to(device).eval()

@@ -1,0 +1,85 @@
+"""Training losses as modules with named outputs: symmetric InfoNCE, masked malignancy cross-entropy, total."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+UNKNOWN_LABEL = -1
+
+
+@dataclass
+class LossOutput:
+    """The weighted total that training minimises and its unweighted parts."""
+
+    total: torch.Tensor
+    clip: torch.Tensor
+    image: torch.Tensor
+    text: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        """The four values as plain floats, for logs."""
+        return {name: float(getattr(self, name).detach()) for name in ("total", "clip", "image", "text")}
+
+
+def clip_logits(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Image-by-text similarity logits: scale * cos(image_i, text_j) for L2-normalised inputs."""
+    return logit_scale * image_embeds @ text_embeds.t()
+
+
+class ClipLoss(nn.Module):
+    """Symmetric InfoNCE: the mean of image->text and text->image cross-entropy with the diagonal as targets."""
+
+    def __init__(self, label_smoothing: float = 0.1):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+        logits_per_image = clip_logits(image_embeds, text_embeds, logit_scale)
+        targets = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+        image_to_text = F.cross_entropy(logits_per_image, targets, label_smoothing=self.label_smoothing)
+        text_to_image = F.cross_entropy(logits_per_image.t(), targets, label_smoothing=self.label_smoothing)
+        return (image_to_text + text_to_image) / 2
+
+
+class MalignancyLoss(nn.Module):
+    """Cross-entropy over nodules with a known label; labels of -1 are left out, none known gives 0."""
+
+    def __init__(self, class_weights: tuple[float, float] | None = None):
+        super().__init__()
+        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        self.register_buffer("class_weights", weight, persistent=False)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        known = labels != UNKNOWN_LABEL
+        if not bool(known.any()):
+            return logits[:0].sum()  # zero, still attached to the graph
+        return F.cross_entropy(logits[known], labels[known].long(), weight=self.class_weights)
+
+
+class NoduleClipLoss(nn.Module):
+    """clip_weight * InfoNCE + image_weight * CE(image head) + text_weight * CE(text head).
+
+    Terms whose inputs are absent (no text in vision-only models) are 0.
+    """
+
+    def __init__(self, clip_weight: float = 1.0, image_weight: float = 1.0, text_weight: float = 1.0,
+                 label_smoothing: float = 0.1, class_weights: tuple[float, float] | None = None):
+        super().__init__()
+        self.clip_weight, self.image_weight, self.text_weight = clip_weight, image_weight, text_weight
+        self.clip_loss = ClipLoss(label_smoothing)
+        self.malignancy_loss = MalignancyLoss(class_weights)
+
+    def forward(self, output, labels: torch.Tensor) -> LossOutput:
+        """`output` is a model forward's ModelOutput; `labels` (B,) holds 1, 0 or -1 (unknown)."""
+        labels = labels.to(output.image_logits.device)
+        zero = output.image_logits.new_zeros(())
+        image = self.malignancy_loss(output.image_logits, labels)
+        has_text = output.text_embeds is not None
+        clip = self.clip_loss(output.image_embeds, output.text_embeds, output.logit_scale) if has_text else zero
+        text = self.malignancy_loss(output.text_logits, labels) if has_text else zero
+        total = self.clip_weight * clip + self.image_weight * image + self.text_weight * text
+        return LossOutput(total=total, clip=clip, image=image, text=text)

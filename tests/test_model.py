@@ -1,0 +1,229 @@
+"""The dual encoder on the tiny backbone: shapes, tuning modes, MIL, inference, save/load, errors."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from noduleclip.errors import InputError
+from noduleclip.model import (NoduleClipLoss, ViewTransform, character_tokenizer, create_model, load_model,
+                              save_model)
+
+TEXTS = ["This nodule margin is poorly defined.", "There is calcification.", "No findings.", "Lobulation is marked."]
+
+
+@pytest.fixture
+def views():
+    return torch.rand(4, 9, 50, 50, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def labels():
+    return torch.tensor([1, 0, -1, 1])
+
+
+def train_one_step(model, views, labels):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    loss = NoduleClipLoss()(model(views, TEXTS), labels)
+    loss.total.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss
+
+
+def test_forward_gives_unit_embeddings_normalised_attention_and_finite_gradients(views, labels):
+    model = create_model("tiny")
+    output = model(views, TEXTS)
+    assert output.image_embeds.shape == output.text_embeds.shape == (4, 256)
+    assert torch.allclose(output.image_embeds.norm(dim=-1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(output.text_embeds.norm(dim=-1), torch.ones(4), atol=1e-5)
+    assert output.view_attention.shape == (4, 9)
+    assert torch.allclose(output.view_attention.sum(-1), torch.ones(4), atol=1e-6)
+    assert output.image_logits.shape == output.text_logits.shape == (4, 2)
+    assert output.logit_scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+    NoduleClipLoss()(output, labels).total.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_lora_trains_only_adapters_and_heads_and_leaves_the_towers_unchanged(views, labels):
+    model = create_model("tiny", tuning="lora")
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen and all(n.startswith(("vision.", "text.")) and "lora_" not in n for n in frozen)
+    assert all("lora_" in n or not n.startswith(("vision.", "text.")) for n in trainable)
+    assert sum("lora_" in n for n in trainable) == 2 * 2 * 3 * 2  # towers x layers x (q, k, v) x (A, B)
+    loss = NoduleClipLoss()(model(views, TEXTS), labels)
+    loss.total.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad <= trainable
+    assert any("lora_B" in n and model.get_parameter(n).grad.abs().sum() > 0 for n in with_grad)
+    lora_before = {n: model.get_parameter(n).detach().clone() for n in trainable if "lora_B" in n}
+    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
+    for name, before in frozen.items():
+        assert torch.equal(model.get_parameter(name), before), name
+    assert any(not torch.equal(model.get_parameter(n), b) for n, b in lora_before.items())
+
+
+def test_tuning_modes_set_what_trains():
+    lora, probe, finetune = (create_model("tiny", tuning=t) for t in ("lora", "probe", "finetune"))
+    assert finetune.trainable_fraction() == 1.0
+    assert 0 < probe.trainable_fraction() < lora.trainable_fraction() < 1
+    assert not any(p.requires_grad for n, p in probe.named_parameters() if n.startswith(("vision.", "text.")))
+    counted = sum(p.numel() for p in lora.parameters() if p.requires_grad) / sum(p.numel() for p in lora.parameters())
+    assert lora.trainable_fraction() == pytest.approx(counted)
+
+
+def test_pooled_embedding_does_not_depend_on_the_order_of_the_views(views):
+    model = create_model("tiny").eval()
+    order = torch.randperm(9, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        embeds, attention = model.encode_image(views)
+        permuted_embeds, permuted_attention = model.encode_image(views[:, order])
+    assert torch.allclose(embeds, permuted_embeds, atol=1e-6)
+    assert torch.allclose(attention[:, order], permuted_attention, atol=1e-6)
+    assert not torch.allclose(attention, attention[:, order])  # the weights do differ between views
+
+
+def test_view_transform_resizes_and_normalises_a_grey_plane_into_three_channels():
+    transform = ViewTransform(112, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    pixels = transform(torch.full((2, 9, 50, 50), 0.25))
+    assert pixels.shape == (18, 3, 112, 112)
+    expected = torch.tensor([(0.25 - m) / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    assert torch.allclose(pixels[0, :, 50, 50], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("tuning", ["lora", "probe", "finetune", "vision-only"])
+def test_save_then_load_reproduces_the_outputs_exactly(tmp_path, views, labels, tuning):
+    torch.manual_seed(0)
+    model = create_model("tiny", tuning=tuning)
+    train_one_step(model, views, labels)
+    save_model(model, tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    model.eval()
+    text = None if tuning == "vision-only" else TEXTS
+    with torch.no_grad():
+        before, after = model(views, text), loaded(views, text)
+    assert torch.equal(before.image_embeds, after.image_embeds)
+    assert torch.equal(before.image_logits, after.image_logits)
+    if text is not None:
+        assert torch.equal(before.text_embeds, after.text_embeds)
+    from safetensors.torch import load_file
+    saved = set(load_file(str(tmp_path / "model" / "model.safetensors")))
+    tower_keys = {k for k in saved if k.startswith(("vision.", "text."))}
+    if tuning in ("lora", "vision-only"):
+        assert tower_keys and all("lora_" in k for k in tower_keys)
+    elif tuning == "probe":
+        assert not tower_keys
+    else:
+        assert "vision.model.embeddings.cls_token" in tower_keys
+    document = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert document["config"]["random_init"] is True and "RANDOM" in document["warning"]
+
+
+def test_load_refuses_a_folder_that_does_not_match(tmp_path, views, labels):
+    model = create_model("tiny")
+    save_model(model, tmp_path / "model")
+    config_path = tmp_path / "model" / "model.json"
+    document = json.loads(config_path.read_text())
+    for change, words in [({"tuning": "probe"}, "does not fit"), ({"tower_seed": 7}, "differ"),
+                          ({"backbone": "nope"}, "Unknown backbone"), ({"mil_hidden_dim": 64}, "wrong shape")]:
+        config_path.write_text(json.dumps({**document, "config": {**document["config"], **change}}))
+        with pytest.raises(InputError, match=words):
+            load_model(tmp_path / "model")
+    with pytest.raises(InputError, match="missing"):
+        load_model(tmp_path / "absent")
+
+
+def test_vision_only_has_no_text_path(views, labels):
+    model = create_model("tiny", tuning="vision-only")
+    assert model.text is None and not hasattr(model, "text_projection") and not hasattr(model, "logit_scale")
+    assert not any(n.startswith("text") for n, _ in model.named_parameters())
+    output = model(views, TEXTS)
+    assert output.text_embeds is None
+    loss = NoduleClipLoss()(output, labels)
+    assert loss.clip.item() == 0 and loss.text.item() == 0 and loss.total.item() == pytest.approx(loss.image.item())
+    with pytest.raises(InputError, match="vision-only"):
+        model.tokenize(["x"])
+
+
+def test_predict_gives_the_image_head_probability_and_restores_training_mode(views):
+    model = create_model("tiny").train()
+    prediction = model.predict(views, batch_size=3)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        embeds, _ = model.encode_image(views)
+        expected = torch.softmax(model.image_head(embeds), dim=-1)[:, 1]
+    assert torch.allclose(prediction.risk, expected, atol=1e-6)
+    assert prediction.view_attention.shape == (4, 9)
+
+
+def test_zero_shot_scores_nodules_against_prompts_and_refreshes_its_cache_after_training(views, labels):
+    model = create_model("tiny")
+    embeds = model.predict(views).image_embeds
+    logits = model.zero_shot_logits(embeds, TEXTS)
+    model.eval()
+    with torch.no_grad():
+        expected = model.scale() * embeds @ model.encode_text(TEXTS).t()
+    assert logits.shape == (4, 4) and torch.allclose(logits, expected, atol=1e-5)
+    assert model.prompt_embeddings(TEXTS) is model.prompt_embeddings(TEXTS)  # embedded once
+    cached = model.prompt_embeddings(TEXTS)
+    train_one_step(model, views, labels)
+    assert not torch.allclose(model.prompt_embeddings(TEXTS), cached)
+
+
+def test_logit_scale_is_clamped_at_100():
+    model = create_model("tiny")
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    assert model.scale().item() == pytest.approx(100.0)
+    assert math.isclose(create_model("tiny").scale().item(), 1 / 0.07, rel_tol=1e-5)
+
+
+def test_text_is_truncated_to_the_towers_maximum_length():
+    model = create_model("tiny")
+    tokens = model.tokenize(["a very long report " * 50, "short"])
+    assert model.tokenize("one text")["input_ids"].shape[0] == 1
+    assert tokens["input_ids"].shape == (2, model.backbone.max_text_tokens)
+    assert tokens["attention_mask"][1].sum() < model.backbone.max_text_tokens
+
+
+def test_user_errors_say_what_to_do():
+    with pytest.raises(InputError, match="Unknown backbone"):
+        create_model("resnet")
+    with pytest.raises(InputError, match="tuning"):
+        create_model("tiny", tuning="partial")
+    with pytest.raises(InputError, match="multiple"):
+        create_model("tiny", image_size=30)
+    with pytest.raises(InputError, match="drop one"):
+        create_model("tiny", weights="somewhere")
+    with pytest.raises(InputError, match="does not exist"):
+        create_model("clip-vit-b-32", weights="/nonexistent/clip")
+
+
+def test_clip_towers_load_from_a_hugging_face_folder(tmp_path, views):
+    from transformers import CLIPConfig, CLIPModel
+
+    tokenizer = character_tokenizer()
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=len(tokenizer), max_position_embeddings=77, projection_dim=16, **ids),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           patch_size=32, image_size=224, projection_dim=16), projection_dim=16)
+    torch.manual_seed(3)
+    reference = CLIPModel(config).eval()
+    reference.save_pretrained(tmp_path / "clip")
+    tokenizer.save_pretrained(tmp_path / "clip")
+    model = create_model("clip-vit-b-32", weights=tmp_path / "clip").eval()
+    assert model.config.random_init is False and model.config.tokenizer == "pretrained"
+    pixels = model.view_transform(views[:1])
+    tokens = model.tokenize(TEXTS[:2])
+    with torch.no_grad():
+        image_features = reference.visual_projection(reference.vision_model(pixel_values=pixels).pooler_output)
+        text_features = reference.text_projection(reference.text_model(**tokens).pooler_output)
+        assert torch.allclose(model.vision(pixels), image_features, atol=1e-5)
+        assert torch.allclose(model.text(**tokens), text_features, atol=1e-5)
