@@ -18,6 +18,8 @@ from noduleclip.errors import NoduleClipError
 COMMANDS = (
     "noduleclip.commands.preprocess",
     "noduleclip.commands.views",
+    "noduleclip.commands.train",
+    "noduleclip.commands.synth",
 )
 
 

@@ -1,0 +1,134 @@
+"""The training configuration: one dataclass whose fields carry their own help text.
+
+`noduleclip train` builds its options from these fields, and a run folder stores the whole
+configuration in config.json. Re-running on an existing run folder must use the same settings:
+`differences` lists the ones that changed (settings that cannot change the result, such as the
+number of data-loading workers, are left out of that comparison).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+from noduleclip.errors import InputError
+from noduleclip.model import DEFAULT_BACKBONE, TUNING_MODES, LoraSettings
+from noduleclip.preprocess.views import ViewConfig
+
+SAMPLERS = ("semantic", "class", "none")
+SCHEDULES = ("constant", "cosine")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+# Settings that change how fast a run goes or where it keeps things, never its numbers.
+RESULT_NEUTRAL = frozenset({"workers", "cache", "threads", "progress", "eval_batch_size"})
+
+
+def _option(default: Any, help: str, **extra) -> Any:
+    """A dataclass field whose metadata holds the command-line help (and optional choices/type)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (the paper's settings by default)."""
+
+    # model
+    backbone: str = _option(DEFAULT_BACKBONE, "backbone from the registry (dinov2-s+minilm works offline)")
+    tuning: str = _option("lora", "what trains: LoRA adapters, a linear probe, all weights, or LoRA without text",
+                          choices=TUNING_MODES)
+    weights: str | None = _option(None, "tower weights file or folder (default: the backbone's own source)", type=str)
+    random_init: bool = _option(False, "random tower weights: for tests and timing only, never for results")
+    image_size: int | None = _option(None, "encoder input size in pixels (default: the backbone's)", type=int)
+    lora_rank: int = _option(LoraSettings.rank, "LoRA rank")
+    lora_alpha: float = _option(LoraSettings.alpha, "LoRA scale alpha")
+    lora_dropout: float = _option(LoraSettings.dropout, "dropout before each LoRA adapter")
+    projection_dropout: float = _option(0.1, "dropout in the projection heads")
+    # protocol
+    folds: int = _option(5, "cross-validation folds (patient-level, stratified by label)")
+    test_fraction: float = _option(0.2, "fraction of patients held out as the test set (0: none)")
+    seed: int = _option(0, "seed of the splits, initialisation, sampling, dropout and text augmentation")
+    # optimisation
+    epochs: int = _option(100, "maximum epochs per fold (the authors' code: 100)")
+    batch_size: int = _option(4, "nodules per training step, over all processes (the authors' code: 4)")
+    lr: float = _option(1e-4, "AdamW learning rate")
+    weight_decay: float = _option(0.1, "AdamW weight decay")
+    schedule: str = _option("constant", "learning-rate schedule over the training steps", choices=SCHEDULES)
+    patience: int = _option(5, "stop a fold after this many epochs without a better validation AUROC (0: never)")
+    sampler: str = _option("semantic", "training sampler: rare semantic features, balanced classes, or plain shuffling",
+                           choices=SAMPLERS)
+    text_augmentation: bool = _option(True, "vary the wording of the training texts every epoch")
+    mixed_precision: str = _option("no", "autocast precision (fp16 needs a CUDA GPU; bf16 runs on GPUs and recent CPUs)",
+                                   choices=MIXED_PRECISION)
+    # evaluation
+    bootstrap: int = _option(1000, "bootstrap resamples for the 95% confidence intervals (0: none)")
+    # speed and housekeeping (do not change the result)
+    workers: int | None = _option(None, "data-loading workers and preprocessing processes (default: 0 and up to 4)",
+                                  type=int)
+    cache: str | None = _option(None, "view cache folder (default: RUN/cache)", type=str)
+    threads: int | None = _option(None, "CPU threads per process (default: the cores over the local processes)",
+                                  type=int)
+    eval_batch_size: int = _option(32, "nodules per inference batch")
+    progress: bool = _option(True, "show progress bars")
+    views: ViewConfig = field(default_factory=ViewConfig, metadata={"help": "how the nine views are cut"})
+
+    def validate(self) -> "TrainConfig":
+        """Raise InputError for a setting that cannot work; return self."""
+        checks = [
+            (self.tuning in TUNING_MODES, f"tuning {self.tuning!r} is not one of {', '.join(TUNING_MODES)}"),
+            (self.sampler in SAMPLERS, f"sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}"),
+            (self.schedule in SCHEDULES, f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}"),
+            (self.mixed_precision in MIXED_PRECISION,
+             f"mixed precision {self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION)}"),
+            (self.seed >= 0, f"seed {self.seed} must not be negative"),
+            (self.folds >= 2, f"folds={self.folds}: cross-validation needs at least 2 folds"),
+            (0 <= self.test_fraction < 1, f"test fraction {self.test_fraction} is not in [0, 1)"),
+            (self.epochs >= 1, f"epochs={self.epochs}: train for at least 1 epoch"),
+            (self.batch_size >= 2, f"batch size {self.batch_size}: the contrastive loss needs at least 2 nodules"),
+            (self.lr > 0, f"learning rate {self.lr} must be positive"),
+            (self.weight_decay >= 0, f"weight decay {self.weight_decay} must not be negative"),
+            (self.patience >= 0, f"patience {self.patience} must not be negative"),
+            (self.bootstrap >= 0, f"bootstrap {self.bootstrap} must not be negative"),
+            (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be at least 1"),
+            (self.lora_rank >= 1, f"LoRA rank {self.lora_rank} must be at least 1"),
+            (0 <= self.lora_dropout < 1 and 0 <= self.projection_dropout < 1, "dropout rates must be in [0, 1)"),
+            (self.workers is None or self.workers >= 0, f"workers={self.workers} must not be negative"),
+            (self.threads is None or self.threads >= 1, f"threads={self.threads} must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(f"{message}; fix the training option")
+        return self
+
+    def model_settings(self) -> dict:
+        """Keyword arguments of `create_model` for this configuration."""
+        return dict(
+            name=self.backbone, tuning=self.tuning, image_size=self.image_size, weights=self.weights,
+            random_init=self.random_init, projection_dropout=self.projection_dropout,
+            lora=LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "TrainConfig":
+        """Rebuild a configuration from `to_dict` output (e.g. a run's config.json)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"training configuration has unknown settings {unknown}; it was written by another "
+                             "noduleclip version")
+        values = dict(data)
+        if isinstance(values.get("views"), Mapping):
+            values["views"] = ViewConfig(**values["views"])
+        return cls(**values)
+
+    def differences(self, other: "TrainConfig") -> list[str]:
+        """'name: this -> other' for each result-changing setting that differs."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{name}: {mine[name]!r} -> {theirs[name]!r}" for name in mine
+                if name not in RESULT_NEUTRAL and mine[name] != theirs[name]]
+
+
+def cli_fields() -> list:
+    """The dataclass fields that become `--options` of `noduleclip train` (view settings come separately)."""
+    return [f for f in fields(TrainConfig) if f.name != "views"]

@@ -1,0 +1,271 @@
+"""A training run: patient-level splits, one model per cross-validation fold, the fold ensemble on the test set.
+
+    result = train_run("manifest.csv", "runs/a", TrainConfig(epochs=20))
+    config, models = load_run("runs/a")
+    risk = ensemble_predict(models, views)          # views: (N, 9, 50, 50) in [0, 1]
+
+A run folder holds config.json, splits.csv, log.jsonl, fold_<k>/{best,last,resume}/ and
+fold_<k>/done.json, val_predictions.csv, predictions.csv, patient_predictions.csv, metrics.json,
+and the view cache (cache/) unless another one was named. Running again on the same folder with
+the same settings resumes: finished folds are skipped, an unfinished one continues after its last
+finished epoch, and the result is the one an uninterrupted run gives. Other settings or another
+manifest on an existing run folder are refused. A splits.csv placed in a new run folder is used
+instead of making one (it is checked for leakage like any other).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from noduleclip import __version__
+from noduleclip.atomic import write_text
+from noduleclip.data.manifest import NoduleManifest
+from noduleclip.errors import InputError
+from noduleclip.model import NoduleClipModel, load_model
+from noduleclip.preprocess.cache import ViewCache
+from noduleclip.preprocess.pipeline import default_workers, preprocess_manifest
+from noduleclip.semantics import record_features
+from noduleclip.train.config import TrainConfig
+from noduleclip.train.dataset import NoduleDataset, sampling_weights
+from noduleclip.train.loop import FoldData, build_fold_model, device_name, predict_risk, read_done, train_fold
+from noduleclip.train.resume import RunLog, remove_partial_writes
+from noduleclip.train.results import brief_scores, format_summary, write_results
+from noduleclip.train.splits import SplitPlan, make_splits
+
+RUN_FORMAT = "noduleclip-run"
+RUN_FORMAT_VERSION = 1
+
+
+@dataclass
+class RunResult:
+    """A finished run: its folder, configuration, metrics.json content and summary table."""
+
+    run: Path
+    config: TrainConfig
+    metrics: dict
+    summary: str
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _read_document(run: Path) -> dict | None:
+    path = run / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise InputError(f"{path} is not valid JSON; this run folder is damaged, so start a new one") from None
+    if document.get("format") != RUN_FORMAT:
+        raise InputError(f"{path} is not a noduleclip run configuration; choose another --out folder")
+    return document
+
+
+def _check_run_folder(run: Path, config: TrainConfig, manifest_sha: str) -> dict | None:
+    """The existing run's config.json document (refusing other options or another manifest), or None for a new run."""
+    if run.exists() and not run.is_dir():
+        raise InputError(f"--out {run} is a file; give a folder for the run")
+    document = _read_document(run)
+    if document is None:
+        others = [p.name for p in run.iterdir() if p.name not in ("cache", "splits.csv") and not p.name.startswith(".")] \
+            if run.is_dir() else []
+        if others:
+            raise InputError(f"{run} is not empty and is not a noduleclip run folder (it holds {others[0]!r}); "
+                             "choose a new --out folder")
+        return None
+    changed = TrainConfig.from_dict(document["train"]).differences(config)
+    if changed:
+        raise InputError(f"run folder {run} was made with other options ({'; '.join(changed)}); resume it with its "
+                         "own options (see its config.json) or choose a new --out folder")
+    if document["manifest"]["sha256"] != manifest_sha:
+        raise InputError(f"run folder {run} was trained on another manifest ({document['manifest']['path']}); "
+                         "resume it with that manifest or choose a new --out folder")
+    return document
+
+
+def _describe(config: TrainConfig, manifest: NoduleManifest, manifest_sha: str, model: NoduleClipModel) -> dict:
+    settings = model.config
+    return {
+        "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "package_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "train": config.to_dict(),
+        "manifest": {"path": str(Path(manifest.path).resolve()), "sha256": manifest_sha, "nodules": len(manifest),
+                     "patients": len({r.patient_id for r in manifest})},
+        "model": {"backbone": settings.backbone, "tuning": settings.tuning, "image_size": settings.image_size,
+                  "random_init": settings.random_init, "weights_source": settings.weights_source,
+                  "tower_fingerprint": settings.tower_fingerprint, "trainable_fraction": model.trainable_fraction()},
+    }
+
+
+def _splits(run: Path, manifest: NoduleManifest, config: TrainConfig) -> SplitPlan:
+    path = run / "splits.csv"
+    if path.is_file():
+        plan = SplitPlan.read_csv(path)  # refuses a patient on two sides
+        plan.check_matches(r.nodule_id for r in manifest)
+        if plan.n_folds != config.folds:
+            raise InputError(f"{path} has {plan.n_folds} folds but --folds is {config.folds}; use the same number")
+        return plan
+    plan = make_splits(manifest.records, test_fraction=config.test_fraction, folds=config.folds, seed=config.seed)
+    plan.check_disjoint()
+    return plan
+
+
+def _views(manifest: NoduleManifest, config: TrainConfig, run: Path, accelerator) -> torch.Tensor:
+    """All nodules' views in manifest order, preprocessing (on the main process) those not yet cached."""
+    root = Path(config.cache) if config.cache else run / "cache"
+    if accelerator.is_main_process:
+        workers = default_workers() if config.workers is None else max(1, config.workers)
+        report = preprocess_manifest(manifest, ViewCache(root, config.views), workers=workers, progress=config.progress)
+        if report.failed:
+            nid, reason = report.failed[0]
+            raise InputError(f"{len(report.failed)} nodule(s) could not be preprocessed, first {nid!r}: {reason}; "
+                             "fix or remove them from the manifest")
+    accelerator.wait_for_everyone()
+    cache = ViewCache(root, config.views, create=False)
+    return torch.from_numpy(cache.load_many([r.nodule_id for r in manifest]))
+
+
+def _accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+
+    cuda = torch.cuda.is_available()
+    if config.mixed_precision == "fp16" and not cuda:
+        raise InputError("mixed precision fp16 needs a CUDA GPU; use --mixed-precision no (or bf16)")
+    # a fine-tuned tower has weights that a forward pass never uses (e.g. DINOv2's mask token)
+    unused = DistributedDataParallelKwargs(find_unused_parameters=config.tuning == "finetune")
+    return Accelerator(cpu=not cuda, mixed_precision=config.mixed_precision, kwargs_handlers=[unused],
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+@contextlib.contextmanager
+def _compute_settings(config: TrainConfig):
+    """CPU threads and deterministic kernels for the run; the caller's settings come back afterwards."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+    if not torch.cuda.is_available():
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: TrainConfig | None = None) -> RunResult:
+    """Train (or resume) the cross-validated fold models of a manifest into the run folder `out`; evaluate the ensemble."""
+    config = (config or TrainConfig()).validate()
+    run = Path(out)
+    manifest = NoduleManifest.read(manifest_path)
+    if all(r.label is None for r in manifest):
+        raise InputError(f"manifest {manifest_path} has no labels (the label column is empty or absent); training "
+                         "needs malignant (1) and benign (0) nodules")
+    features = [record_features(r) for r in manifest]  # a bad semantic value stops the run before any training
+    manifest_sha = _sha256(Path(manifest_path))
+    document = _check_run_folder(run, config, manifest_sha)
+    plan = _splits(run, manifest, config)
+    with _compute_settings(config):
+        accelerator = _accelerator(config)
+        main = accelerator.is_main_process
+        probe = build_fold_model(config, 0)
+        described = _describe(config, manifest, manifest_sha, probe)
+        del probe
+        if document and document["model"]["tower_fingerprint"] != described["model"]["tower_fingerprint"]:
+            raise InputError(f"the towers built now ({described['model']['weights_source']}) differ from those run "
+                             f"{run} started with; pass the same weights, or choose a new --out folder")
+        if main:
+            run.mkdir(parents=True, exist_ok=True)
+            remove_partial_writes(run, recursive=False)
+            if document is None:
+                write_text(run / "config.json", json.dumps(described, indent=2) + "\n")
+            if not (run / "splits.csv").is_file():
+                plan.write_csv(run / "splits.csv")
+        views = _views(manifest, config, run, accelerator)
+        records, position = manifest.records, {r.nodule_id: i for i, r in enumerate(manifest)}
+        labels = np.array([np.nan if r.label is None else r.label for r in records], dtype=float)
+        log, folds = RunLog(run / "log.jsonl"), []
+        for k in range(config.folds):
+            folder = run / f"fold_{k}"
+            done = read_done(folder)
+            if done is None:
+                train_ids, val_ids = plan.fold(k)
+                train_at, val_at = [position[n] for n in train_ids], [position[n] for n in val_ids]
+                train_records = [records[i] for i in train_at]
+                data = FoldData(
+                    train=NoduleDataset(views[train_at], train_records, config.seed, k, config.text_augmentation,
+                                        with_text=config.tuning != "vision-only"),
+                    train_weights=sampling_weights(config.sampler, train_records, [features[i] for i in train_at]),
+                    val_ids=val_ids, val_views=views[val_at], val_labels=labels[val_at])
+                done = train_fold(k, config, data, folder, log, accelerator, config.folds)
+            folds.append(done)
+        if main:
+            _evaluate(run, config, plan, records, position, views, labels, folds, device_name(accelerator.device))
+        accelerator.wait_for_everyone()
+    metrics = json.loads((run / "metrics.json").read_text())
+    return RunResult(run, config, metrics, format_summary(metrics))
+
+
+def _evaluate(run, config, plan, records, position, views, labels, folds, device: str) -> None:
+    """Fold models on the test set, out-of-fold validation predictions, metrics (main process)."""
+    val_ids = [n for done in folds for n in done["val"]["nodule_id"]]
+    val_at = [position[n] for n in val_ids]
+    validation = {
+        "ids": val_ids, "patients": [records[i].patient_id for i in val_at], "labels": labels[val_at],
+        "risk": np.array([p for done in folds for p in done["val"]["probability"]]),
+        "fold": [done["fold"] for done in folds for _ in done["val"]["nodule_id"]],
+        "folds": [{k: v for k, v in done.items() if k != "val"} | brief_scores(
+            labels[[position[n] for n in done["val"]["nodule_id"]]], np.array(done["val"]["probability"]))
+            for done in folds],
+    }
+    test = None
+    test_ids = plan.test_ids()
+    if test_ids:
+        test_at = [position[n] for n in test_ids]
+        models = [load_model(run / f"fold_{k}" / "best", device=device) for k in range(config.folds)]
+        test = {"ids": test_ids, "patients": [records[i].patient_id for i in test_at], "labels": labels[test_at],
+                "fold_risk": fold_predictions(models, views[test_at], config.eval_batch_size)}
+    write_results(run, test, validation, config.bootstrap, config.seed)
+
+
+def fold_predictions(models: list[NoduleClipModel], views, batch_size: int = 32) -> np.ndarray:
+    """(number of models, N) image-head malignancy probabilities of each model for views (N, 9, S, S)."""
+    views = torch.as_tensor(np.asarray(views) if not torch.is_tensor(views) else views, dtype=torch.float32)
+    if views.dim() != 4:
+        raise InputError(f"views must be an array of shape (nodules, 9, height, width), got {tuple(views.shape)}")
+    return np.stack([predict_risk(model, views, batch_size) for model in models])
+
+
+def ensemble_predict(models: list[NoduleClipModel], views, batch_size: int = 32) -> np.ndarray:
+    """The fold ensemble's malignancy probability (N,): the mean of the fold models' probabilities."""
+    return fold_predictions(models, views, batch_size).mean(axis=0)
+
+
+def load_run(run: str | os.PathLike, device: str = "cpu") -> tuple[TrainConfig, list[NoduleClipModel]]:
+    """A finished run's configuration and its fold models (each fold's best epoch), in eval mode."""
+    run = Path(run)
+    document = _read_document(run)
+    if document is None:
+        raise InputError(f"{run} is not a noduleclip run folder (no config.json); give the --out folder of a training run")
+    config = TrainConfig.from_dict(document["train"])
+    unfinished = [k for k in range(config.folds) if read_done(run / f"fold_{k}") is None]
+    if unfinished:
+        raise InputError(f"run {run} is unfinished (fold {unfinished[0]} has not finished); run `noduleclip train` "
+                         "on it again with the same options to finish it")
+    return config, [load_model(run / f"fold_{k}" / "best", device=device) for k in range(config.folds)]

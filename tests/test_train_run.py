@@ -1,0 +1,315 @@
+"""End-to-end training runs on a tiny synthetic cohort: run folder, splits, metrics, determinism, resume,
+user errors, and data-parallel training matching a single process."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from noduleclip import __version__
+from noduleclip.cli import main as cli_main
+from noduleclip.errors import InputError
+from noduleclip.evaluate.metrics import patient_level
+from noduleclip.preprocess.cache import ViewCache
+from noduleclip.train import SplitPlan, TrainConfig, ensemble_predict, load_run, train_run
+from noduleclip.train import loop as loop_module
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = dict(backbone="tiny", folds=2, test_fraction=0.25, epochs=2, batch_size=4, bootstrap=50, threads=1,
+            workers=0, progress=False)
+
+
+def write_cohort(root: Path, patients: int = 16, seed: int = 0) -> Path:
+    """Small CT-like volumes (32^3 at 2 mm) with one or two spheres each; malignant ones larger and denser."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    k, j, i = np.indices((32, 32, 32))
+    rows = []
+    for p in range(patients):
+        volume = rng.normal(-800, 40, (32, 32, 32))
+        for n, centre in enumerate([(16, 12, 12), (16, 20, 22)][: 1 + (p % 3 == 0)]):
+            malignant = p % 2 == 0 and n == 0
+            radius = (4.0 if malignant else 2.0) + rng.uniform(-0.5, 0.5)
+            volume[(k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2 <= radius ** 2] = \
+                40 if malignant else -350
+            rows.append(dict(
+                patient_id=f"P{p:02d}", nodule_id=f"P{p:02d}-{n}", image=f"p{p:02d}.nii.gz",
+                coord_x=-32 + 2 * centre[2], coord_y=-32 + 2 * centre[1], coord_z=-32 + 2 * centre[0],
+                label="" if (p, n) == (5, 0) else int(malignant),
+                margins="spiculated" if malignant or rng.random() < 0.2 else "smooth",
+                consistency=rng.choice(["solid", "pure ground glass"]),
+                pleural_attachment="" if rng.random() < 0.3 else rng.choice(["present", "absent"]),
+                long_diameter_mm=round(4 * radius, 1), split="test" if p == 7 else ""))
+        image = sitk.GetImageFromArray(volume.astype(np.int16))
+        image.SetSpacing((2.0, 2.0, 2.0))
+        image.SetOrigin((-32.0, -32.0, -32.0))
+        sitk.WriteImage(image, str(root / f"p{p:02d}.nii.gz"))
+    with open(root / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return write_cohort(root / "data"), root / "cache"
+
+
+@pytest.fixture(scope="module")
+def reference(cohort, tmp_path_factory):
+    """One uninterrupted run (it also fills the view cache the other runs share)."""
+    manifest, cache = cohort
+    run = tmp_path_factory.mktemp("reference") / "run"
+    return train_run(manifest, run, TrainConfig(**BASE, cache=str(cache)))
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def comparable_log(run: Path) -> list[dict]:
+    entries = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in entries]
+
+
+def assert_same_results(run: Path, other: Path) -> None:
+    for name in ("splits.csv", "predictions.csv", "val_predictions.csv", "patient_predictions.csv", "metrics.json"):
+        assert (run / name).read_text() == (other / name).read_text(), name
+    assert comparable_log(run) == comparable_log(other)
+
+
+def test_run_folder_splits_predictions_and_metrics(reference, cohort):
+    run, (manifest, cache) = reference.run, cohort
+    for name in ("config.json", "splits.csv", "log.jsonl", "predictions.csv", "val_predictions.csv", "metrics.json"):
+        assert (run / name).is_file(), name
+    for k in (0, 1):
+        for part in ("best/model.safetensors", "best/model.json", "last/model.safetensors", "resume/state.safetensors",
+                     "done.json"):
+            assert (run / f"fold_{k}" / part).is_file(), (k, part)
+    assert len(list((cache / "views").glob("*.npz"))) == 22  # the run preprocessed the cohort first
+
+    document = json.loads((run / "config.json").read_text())
+    assert document["package_version"] == __version__ and document["model"]["random_init"] is True
+    assert TrainConfig.from_dict(document["train"]) == reference.config
+
+    plan = SplitPlan.read_csv(run / "splits.csv")  # refuses a patient on two sides
+    side = {}
+    for row in plan.rows:
+        assert side.setdefault(row.patient_id, (row.role, row.fold)) == (row.role, row.fold)
+    test_ids = plan.test_ids()
+    assert {"P07-0"} <= set(test_ids)  # the manifest's split column forced patient P07 into the test set
+    predictions = read_rows(run / "predictions.csv")
+    assert [r["nodule_id"] for r in predictions] == test_ids and len({side[r["patient_id"]] for r in predictions}) == 1
+    for r in predictions:
+        assert float(r["ensemble"]) == pytest.approx((float(r["fold_0"]) + float(r["fold_1"])) / 2, abs=1e-12)
+        assert 0 < float(r["ensemble"]) < 1
+    val = read_rows(run / "val_predictions.csv")
+    fold_of = {r.nodule_id: r.fold for r in plan.rows}
+    assert sorted(r["nodule_id"] for r in val) == sorted(n for n, f in fold_of.items() if f >= 0)
+    assert all(int(r["fold"]) == fold_of[r["nodule_id"]] for r in val)
+
+    metrics = reference.metrics
+    assert metrics == json.loads((run / "metrics.json").read_text())
+    for level, unit_count in (("nodule", len(test_ids)), ("patient", len({r["patient_id"] for r in predictions}))):
+        m = metrics["test"][level]
+        assert m["n"] + m["n_unknown"] == unit_count
+        assert 0 <= m["auroc_ci"][0] <= m["auroc"] <= m["auroc_ci"][1] <= 1
+        assert 0 <= m["auprc_ci"][0] <= m["auprc"] <= m["auprc_ci"][1] <= 1
+        assert set(m["at_recall"]) == {"0.6", "0.7", "0.8", "0.9"}
+        assert all(0 <= p["fpr"] <= 1 and 0 < p["precision"] <= 1 and p["recall"] >= float(r)
+                   for r, p in m["at_recall"].items())
+    ids, pids = [r["nodule_id"] for r in predictions], [r["patient_id"] for r in predictions]
+    labels = [r["label"] for r in predictions]
+    _, _, risk = patient_level(ids, pids, labels, [float(r["ensemble"]) for r in predictions])
+    assert [float(r["risk"]) for r in read_rows(run / "patient_predictions.csv")] == pytest.approx(risk)
+    epochs = [e for e in comparable_log(run) if e["event"] == "epoch"]
+    assert [(e["fold"], e["epoch"]) for e in epochs] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert all(np.isfinite(e["train"]["total"]) and 0 <= e["val"]["auroc"] <= 1 for e in epochs)
+    assert "ensemble on the test set, nodules" in reference.summary
+
+
+def test_load_run_gives_the_fold_models_that_made_the_predictions(reference, cohort):
+    config, models = load_run(reference.run)
+    assert config == reference.config and len(models) == 2
+    predictions = read_rows(reference.run / "predictions.csv")
+    cache = ViewCache(cohort[1], config.views, create=False)
+    risk = ensemble_predict(models, cache.load_many([r["nodule_id"] for r in predictions]))
+    assert risk == pytest.approx([float(r["ensemble"]) for r in predictions], abs=1e-6)
+
+
+def test_the_same_seed_gives_the_same_run(reference, cohort, tmp_path):
+    again = train_run(cohort[0], tmp_path / "again", TrainConfig(**BASE, cache=str(cohort[1])))
+    assert_same_results(reference.run, again.run)
+    other_seed = train_run(cohort[0], tmp_path / "seed1", TrainConfig(**{**BASE, "seed": 1}, cache=str(cohort[1])))
+    assert other_seed.metrics != reference.metrics
+
+
+def test_a_run_interrupted_after_an_epoch_resumes_to_the_same_result(reference, cohort, tmp_path, monitor_saves):
+    run = tmp_path / "run"
+    config = TrainConfig(**BASE, cache=str(cohort[1]))
+    monitor_saves.fail_after = (1, 1)  # fold 1, right after its first epoch's resume file
+    with pytest.raises(Interrupted):
+        train_run(cohort[0], run, config)
+    assert (run / "fold_0" / "done.json").is_file() and not (run / "fold_1" / "done.json").is_file()
+    monitor_saves.fail_after = None
+    monitor_saves.calls.clear()
+    train_run(cohort[0], run, config)
+    assert monitor_saves.calls == [(1, 2)]  # fold 0 skipped, fold 1 went on from epoch 2
+    assert_same_results(reference.run, run)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture
+def monitor_saves(monkeypatch):
+    """Records (fold, epochs done) of each resume file written; can stop the run right after one."""
+    class Monitor:
+        calls: list = []
+        fail_after = None
+
+    original = loop_module.save_resume_state
+
+    def save(folder, model, optimizer, scheduler, progress):
+        path = original(folder, model, optimizer, scheduler, progress)
+        key = (int(Path(folder).parent.name.split("_")[1]), progress["epochs_done"])
+        Monitor.calls.append(key)
+        if key == Monitor.fail_after:
+            raise Interrupted(f"stopped after epoch {key[1]} of fold {key[0]}")
+        return path
+
+    Monitor.calls = []
+    monkeypatch.setattr(loop_module, "save_resume_state", save)
+    return Monitor
+
+
+def cli_args(manifest, run, cache, **overrides):
+    options = {**BASE, "cache": cache, **overrides}
+    args = ["train", str(manifest), "--out", str(run)]
+    for name, value in options.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        args += ([flag] if value else [f"--no-{flag[2:]}"]) if isinstance(value, bool) else [flag, str(value)]
+    return args
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_result(reference, cohort, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "noduleclip", *cli_args(cohort[0], run, cohort[1])], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = run / "fold_0" / "resume" / "state.safetensors"
+    deadline = time.monotonic() + 120
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert state.exists(), process.stderr.read().decode()[-2000:]
+    assert not (run / "metrics.json").exists(), "the run finished before it could be killed"
+    leftovers = [run / "fold_0" / "resume" / ".state.safetensors.x1.tmp.safetensors", run / ".metrics.json.x2.tmp.json"]
+    for path in leftovers:  # what a kill during a write leaves behind
+        path.write_bytes(b"partial")
+    (run / "fold_0" / "best" / ".staging-x3").mkdir()
+    resumed = train_run(cohort[0], run, TrainConfig(**BASE, cache=str(cohort[1])))
+    assert_same_results(reference.run, resumed.run)
+    assert not [p for p in run.rglob(".*") if "cache" not in p.parts]
+
+
+def test_user_errors_are_one_sentence(reference, cohort, tmp_path, capsys):
+    manifest, cache = cohort
+    with pytest.raises(InputError, match="does not exist"):
+        train_run(tmp_path / "missing.csv", tmp_path / "a", TrainConfig(**BASE))
+    unlabelled = tmp_path / "unlabelled.csv"
+    rows = read_rows(manifest)
+    with open(unlabelled, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "label": "", "image": str(manifest.parent / r["image"])} for r in rows)
+    with pytest.raises(InputError, match="no labels"):
+        train_run(unlabelled, tmp_path / "b", TrainConfig(**BASE))
+    with pytest.raises(InputError, match="folds need at least"):
+        train_run(manifest, tmp_path / "c", TrainConfig(**{**BASE, "folds": 6}, cache=str(cache)))
+    leaky = tmp_path / "leaky"
+    leaky.mkdir()
+    split_rows = read_rows(reference.run / "splits.csv")
+    first_test = next(i for i, r in enumerate(split_rows) if r["role"] == "test")
+    twin = next(i for i, r in enumerate(split_rows) if r["role"] == "train")
+    split_rows[twin]["patient_id"] = split_rows[first_test]["patient_id"]  # one patient on both sides
+    with open(leaky / "splits.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["patient_id", "nodule_id", "role", "fold"])
+        writer.writeheader()
+        writer.writerows(split_rows)
+    with pytest.raises(InputError, match="leaks"):
+        train_run(manifest, leaky, TrainConfig(**BASE, cache=str(cache)))
+    code = cli_main(cli_args(manifest, reference.run, cache, epochs=3))
+    message = capsys.readouterr().err.strip()
+    assert code == 2 and len(message.splitlines()) == 1
+    assert "other options" in message and "epochs: 2 -> 3" in message
+
+
+DETERMINISTIC_TINY = """
+import dataclasses, sys
+from noduleclip.model.backbones import BACKBONES, TINY, register_backbone
+if "tiny-no-dropout" not in BACKBONES:
+    register_backbone(dataclasses.replace(TINY, name="tiny-no-dropout", text_config={
+        **TINY.text_config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+if __name__ == "__main__":
+    from noduleclip.cli import main
+    raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_two_data_parallel_processes_train_like_one(cohort, tmp_path):
+    """torchrun with 2 CPU processes (gloo) against one process, same global batch.
+
+    Dropout draws its masks per process, so with dropout the two layouts are equally valid but not
+    equal runs; this test turns every dropout off (LoRA, projections and the tiny text tower's own)
+    so that only summation order differs. `accelerate launch --cpu --num_processes 2` starts ONE
+    process unless given an MPI hostfile (accelerate 1.x), so the CPU launch here is torchrun.
+    """
+    script = tmp_path / "tiny_no_dropout.py"
+    script.write_text(DETERMINISTIC_TINY)
+    exec(compile(DETERMINISTIC_TINY, str(script), "exec"), {"__name__": "register"})
+    options = dict(backbone="tiny-no-dropout", lora_dropout=0.0, projection_dropout=0.0, threads=None)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    two = tmp_path / "two"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), *cli_args(cohort[0], two, cohort[1], **options)[0:]], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = train_run(cohort[0], tmp_path / "one", TrainConfig(**{**BASE, **options, "threads": 1}, cache=str(cohort[1])))
+    for name in ("predictions.csv", "val_predictions.csv"):
+        rows_one, rows_two = read_rows(one.run / name), read_rows(two / name)
+        assert [r["nodule_id"] for r in rows_one] == [r["nodule_id"] for r in rows_two]
+        for column in [c for c in rows_one[0] if c.startswith(("fold_", "ensemble", "probability"))]:
+            assert [float(r[column]) for r in rows_two] == pytest.approx([float(r[column]) for r in rows_one],
+                                                                         abs=1e-6), (name, column)
+    metrics_two = json.loads((two / "metrics.json").read_text())
+    assert metrics_two["test"]["nodule"]["auroc"] == one.metrics["test"]["nodule"]["auroc"]
+    assert metrics_two["validation"]["nodule"]["auroc"] == one.metrics["validation"]["nodule"]["auroc"]
+    losses_one = [e["train"]["total"] for e in comparable_log(one.run) if e["event"] == "epoch"]
+    losses_two = [e["train"]["total"] for e in comparable_log(two) if e["event"] == "epoch"]
+    assert losses_two == pytest.approx(losses_one, abs=1e-5)
+
+
+def test_vision_only_training_has_no_text_losses(cohort, tmp_path):
+    config = TrainConfig(**{**BASE, "epochs": 1, "tuning": "vision-only", "sampler": "none",
+                            "text_augmentation": False}, cache=str(cohort[1]))
+    result = train_run(cohort[0], tmp_path / "run", config)
+    epochs = [e for e in comparable_log(result.run) if e["event"] == "epoch"]
+    assert len(epochs) == 2 and all(e["train"]["clip"] == e["train"]["text"] == 0 < e["train"]["image"] for e in epochs)
+    _, models = load_run(result.run)
+    assert all(model.text is None for model in models)
