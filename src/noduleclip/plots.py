@@ -52,3 +52,36 @@ def plot_views(views: np.ndarray, out: str | os.PathLike, title: str = "", atten
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)
+
+
+def plot_roc_pr(sets: dict[str, tuple], out: str | os.PathLike, title: str = "") -> Path:
+    """ROC and precision-recall curves side by side, one line per named (y_true, y_score) set.
+
+    Unknown labels (NaN) are left out; a set with one class only is skipped with a note in the legend.
+    """
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4.6))
+    for name, (y_true, y_score) in sets.items():
+        y = np.asarray(y_true, dtype=float)
+        s = np.asarray(y_score, dtype=float)
+        known = np.isfinite(y)
+        y, s = y[known].astype(int), s[known]
+        if len(np.unique(y)) < 2:
+            roc_ax.plot([], [], label=f"{name}: one class only, no curve")
+            continue
+        fpr, tpr, _ = roc_curve(y, s)
+        prec, rec, _ = precision_recall_curve(y, s)
+        line, = roc_ax.plot(fpr, tpr, lw=2, label=f"{name}: AUROC {auc(fpr, tpr):.3f} (n={len(y)})")
+        pr_ax.step(rec, prec, where="post", lw=2, color=line.get_color(),
+                   label=f"{name}: AUPRC {average_precision_score(y, s):.3f} (prevalence {y.mean():.2f})")
+    roc_ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate (recall)", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall", xlim=(0, 1), ylim=(0, 1.01))
+    for ax in (roc_ax, pr_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, out)

@@ -1,0 +1,39 @@
+"""The demo end to end on a tiny configuration: cohorts, training, internal and external evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from noduleclip.data.manifest import NoduleManifest
+from noduleclip.demo import DemoConfig, run_demo
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
+    config = DemoConfig(train_patients=12, external_patients=4, backbone="tiny", random_init=True, folds=2,
+                        epochs=1, batch_size=4, workers=1)
+    summary = run_demo(tmp_path, config)
+    table = capsys.readouterr().out
+    assert "internal test, nodules" in table and "external contrast, patients" in table
+    for name in ("demo.json", "roc.png", "run/metrics.json", "run/splits.csv", "external/predictions.csv"):
+        assert (tmp_path / name).exists(), name
+    assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    external = NoduleManifest.read(tmp_path / "cohort-contrast" / "manifest.csv")
+    with open(tmp_path / "external" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["nodule_id"] for r in rows) == sorted(r.nodule_id for r in external)
+    for r in rows:  # the ensemble is the mean of the fold models
+        assert float(r["ensemble"]) == pytest.approx(np.mean([float(r["fold_0"]), float(r["fold_1"])]))
+    # The external cohort's patients never appear in training, and the two cohorts share no patient.
+    internal = NoduleManifest.read(tmp_path / "cohort-screening" / "manifest.csv")
+    assert not {r.patient_id for r in internal} & {r.patient_id for r in external}
+    assert summary["external"]["nodule"]["n"] + summary["external"]["nodule"]["n_unknown"] == len(external)
+    on_disk = json.loads((tmp_path / "demo.json").read_text())
+    assert on_disk["internal_test"]["nodule"]["auroc"] == summary["internal_test"]["nodule"]["auroc"]
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    run_demo(tmp_path, config)  # a second run reuses the cohorts and the finished folds
+    assert (tmp_path / "run" / "log.jsonl").read_text() == log
