@@ -3,8 +3,9 @@
 Anatomy lives in body coordinates: millimetres along the patient's left (x), posterior (y) and
 superior (z) axes with the origin at the body's centre at the level of the carina; world (LPS) =
 body + the patient's table offset. Every structure is an analytic shape (rounded rectangles,
-ellipses, cylinders, ellipsoids, an oblique rib pattern) so the same description renders on any grid and answers point
-queries (`lung_depth`) for placing vessels and nodules. Vessel and airway trees are in `trees.py`.
+ellipses, cylinders, ellipsoids, an oblique rib pattern), so the same description renders on any
+grid and answers point queries (`lung_depth`) for placing vessels and nodules. Vessel and airway
+trees are in `trees.py`.
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ def _outside(body: Body, x, y, edge: float):
     t = side * y - (body.flat + 2.0) + 0.0005 * x**2  # a curved carbon-fibre shell over a foam core
     table = (t > 0) & (t < 11) & (np.abs(x) < 215)
     hu[table] = np.where(t[table] < 2.0, 250.0, -820.0)
-    outline = 0.5 * (rounded_depth(x, y, body.half_width, body.half_depth) + ellipse_depth(x, y, body.half_width, body.half_depth))
+    width, depth = body.half_width, body.half_depth
+    outline = 0.5 * (rounded_depth(x, y, width, depth) + ellipse_depth(x, y, width, depth))
     return hu, np.minimum(outline, body.flat - side * y).astype(np.float32)
 
 
@@ -286,10 +288,6 @@ def _render_points(body: Body, tissue: Tissue, x, y, z, edge: float, hu, d_body)
     distance = np.abs(plane) * np.where(right, 1.0 / np.sqrt(1 + sr**2 + lr**2), 1.0 / np.sqrt(1 + sl**2 + ll**2))
     fissure = np.clip(1.0 - distance / edge, 0.0, 1.0) * min(0.6, 0.45 / edge)
     parenchyma = parenchyma + fissure * (tissue.soft - parenchyma)
-    hl = hb[cav][lung]
-    _over(hl, _ramp(depth[lung], edge), parenchyma.astype(np.float32))
-    hc = hb[cav]
-    hc[lung] = hl
-    hb[cav] = hc
+    _paint(hb, cav[lung], _ramp(depth[lung], edge), parenchyma.astype(np.float32))
     hu[inside] = hb
     return hu

@@ -101,6 +101,7 @@ def write_series(folder: Path, hu: np.ndarray, scan: Scan, who: SeriesIdentity) 
     ds.SeriesInstanceUID = series_uid
     ds.StudyID = "1"
     ds.SeriesNumber = 2
+    ds.AcquisitionNumber = 1
     ds.InstanceNumber = 1
     ds.ImagePositionPatient = _ds(scan.origin)
     ds.ImageOrientationPatient = _ds(np.concatenate([row, col]))

@@ -4,7 +4,8 @@ Every feature drawn here is rendered into the image by `nodules.py`; the values 
 (`noduleclip.semantics.schema`). Dependencies follow radiology: ground-glass nodules are more often
 ill-defined, larger nodules more often spiculated, calcification mostly in small solid nodules,
 cavitation and necrosis only in larger solid ones, reticulation only where there is ground glass.
-Pleural attachment and retraction fix where the nodule is placed (at or near the pleura).
+Pleural attachment and retraction fix where the nodule is placed: against the pleura, or a few
+millimetres beneath it with tags pulling the pleura in (the sampler draws one or the other).
 """
 
 from __future__ import annotations
@@ -16,11 +17,6 @@ import numpy as np
 CONSISTENCIES = ("solid", "part-solid", "pure ground glass", "semiconsolidation", "peri-cystic")
 MARGINS = ("smooth", "lobulated", "spiculated", "ill-defined", "notched")
 SHAPES = ("round", "ovoid", "irregular", "polygonal")
-BINARY = (
-    "reticulation", "cyst_like_spaces", "intranodular_bronchiectasis", "necrosis", "cavitation",
-    "eccentric_calcification", "airway_cutoff", "pleural_attachment", "vascular_convergence",
-    "septal_stretching", "paracicatricial_emphysema",
-)
 SUSPICION_LEVELS = ("very low", "moderately low", "intermediate", "moderately high", "high")
 ELONGATION = {"round": (0.85, 1.0), "ovoid": (0.55, 0.8), "irregular": (0.6, 0.9), "polygonal": (0.65, 0.9)}
 
@@ -47,10 +43,6 @@ class NoduleFeatures:
     septal_stretching: bool = False
     paracicatricial_emphysema: bool = False
     pleural_retraction: str = "absent"
-
-    @property
-    def subsolid(self) -> bool:
-        return self.consistency in ("pure ground glass", "part-solid", "semiconsolidation")
 
     def columns(self, suspicion: str | None = None) -> dict[str, str | float]:
         """The manifest columns (schema names and strings) of these features."""
@@ -107,11 +99,10 @@ def sample_features(rng: np.random.Generator) -> NoduleFeatures:
     f.vascular_convergence = rng.random() < (0.1 + 0.1 * min(long, 25.0) / 25.0)
     f.septal_stretching = rng.random() < 0.08
     f.paracicatricial_emphysema = rng.random() < 0.07
-    if rng.random() < 0.14:
+    if rng.random() < 0.14:  # beneath the pleura, pulling it in (drawn apart from attachment, to read clearly)
         f.pleural_retraction = _pick(rng, ("mild dimpling", "obvious dimpling"), (0.6, 0.4))
-        f.pleural_attachment = rng.random() < 0.5
     else:
-        f.pleural_attachment = rng.random() < 0.2
+        f.pleural_attachment = rng.random() < 0.22
     return f
 
 

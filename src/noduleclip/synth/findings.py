@@ -122,5 +122,5 @@ def _retraction(volume, f, place: Placement, surface, tissue, rng) -> None:
         start = surface(direction, 0.9)
         depth = plane - (start - place.centre) @ normal
         base = start + normal * depth + sideways * (1.0 if gap > 1.5 else 3.0)
-        width = rng.uniform(2.5, 4.0) if obvious else rng.uniform(1.2, 2.0)
+        width = rng.uniform(3.5, 5.0) if obvious else rng.uniform(1.5, 2.5)
         paint_tube(volume, start, base, 0.5, width, value, "max")

@@ -2,7 +2,7 @@
 
 A nodule with pleural attachment is centred inside the lung at 0.55-0.85 of its short semi-axis
 from the costal pleura (so it touches and flattens against the chest wall), with its short axis
-along the pleural normal; one with pleural retraction but no attachment sits 3-9 mm beneath the
+along the pleural normal; one with pleural retraction but no attachment sits 4-10 mm beneath the
 pleura. Pleural sites are on the costal pleura, with lung beside and behind them (not at the
 mediastinum). The other nodules sit at least their radius plus 8 mm inside the lung. Every
 nodule's 50 mm cube lies inside the scanned volume and nodules keep apart. A nodule that cannot be
@@ -66,7 +66,7 @@ def place_nodules(rng: np.random.Generator, body: Body, scan: Scan, features: li
         found = None
         if pleural:
             for _ in range(tries):
-                distance = b * rng.uniform(0.55, 0.85) if f.pleural_attachment else b + rng.uniform(3.0, 9.0)
+                distance = b * rng.uniform(0.55, 0.85) if f.pleural_attachment else b + rng.uniform(4.0, 10.0)
                 centre, normal = _pleural_candidate(rng, body, z_lo, z_hi, distance)
                 tangent = np.array([-normal[1], normal[0], 0.0])
                 beside = [centre + s * (a + 3.0) * t for s in (-1, 1) for t in (tangent, np.array([0.0, 0.0, 1.0]))]

@@ -36,7 +36,6 @@ class AcquisitionPreset:
     contrast_hu: tuple[float, float] = (0.0, 0.0)  # added to blood (vessels, heart, aorta)
     enhancement_hu: tuple[float, float] = (0.0, 0.0)  # added to solid soft tissue and solid nodules
     tube_current_ma: tuple[int, int] = (30, 60)
-    kvp: int = 120
     prevalence: float = 0.25  # fraction of malignant nodules (the risk model's intercept is calibrated to it)
     render_step_mm: float = 1.25  # finest z sampling; a slice averages the samples inside its thickness
     unusual_geometry: float = 0.15  # fraction of patients scanned feet-first, prone or with a gantry tilt
