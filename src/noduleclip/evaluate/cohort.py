@@ -19,7 +19,7 @@ import numpy as np
 from noduleclip.atomic import write_text
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
-from noduleclip.evaluate.metrics import jsonable, patient_level
+from noduleclip.evaluate.metrics import jsonable
 from noduleclip.preprocess.cache import ViewCache
 from noduleclip.preprocess.pipeline import default_workers, preprocess_manifest
 
@@ -45,7 +45,7 @@ def evaluate_manifest(run: str | os.PathLike, manifest_path: str | os.PathLike, 
                       progress: bool = True) -> CohortEvaluation:
     """Cut the manifest's views as the run did, score them with every fold model, write and return the results."""
     from noduleclip.train.cv import fold_predictions, load_run
-    from noduleclip.train.results import label_text, scored_set, write_csv
+    from noduleclip.train.results import scored_set, write_predictions
 
     config, models = load_run(run)
     manifest = NoduleManifest.read(manifest_path)
@@ -61,13 +61,7 @@ def evaluate_manifest(run: str | os.PathLike, manifest_path: str | os.PathLike, 
     patients = [r.patient_id for r in records]
     labels = np.array([np.nan if r.label is None else float(r.label) for r in records])
     fold_risk = fold_predictions(models, cache.load_many(ids), config.eval_batch_size)
-    ensemble = fold_risk.mean(axis=0)
-    header = ["patient_id", "nodule_id", "label"] + [f"fold_{k}" for k in range(len(fold_risk))] + ["ensemble"]
-    write_csv(out / "predictions.csv", header,
-              [[p, n, label_text(y), *fold_risk[:, i], ensemble[i]] for i, (p, n, y) in enumerate(zip(patients, ids, labels))])
-    pids, patient_labels, patient_risk = patient_level(ids, patients, labels, ensemble)
-    write_csv(out / "patient_predictions.csv", ["patient_id", "label", "risk"],
-              [[p, label_text(y), r] for p, y, r in zip(pids, patient_labels, patient_risk)])
+    ensemble = write_predictions(out, ids, patients, labels, fold_risk)
     metrics = jsonable({**scored_set(ids, patients, labels, ensemble, bootstrap, seed),
                         "run": str(Path(run).resolve()), "manifest": str(Path(manifest_path).resolve()),
                         "failed": [{"nodule_id": n, "reason": r} for n, r in report.failed]})

@@ -91,6 +91,20 @@ def format_summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def write_predictions(folder: Path, ids: Sequence[str], patients: Sequence[str], labels: np.ndarray,
+                      fold_risk: np.ndarray) -> np.ndarray:
+    """Write predictions.csv (each fold model and the ensemble) and patient_predictions.csv; return the ensemble."""
+    fold_risk = np.asarray(fold_risk)
+    ensemble = fold_risk.mean(axis=0)
+    header = ["patient_id", "nodule_id", "label"] + [f"fold_{k}" for k in range(len(fold_risk))] + ["ensemble"]
+    write_csv(folder / "predictions.csv", header, [[p, n, label_text(y), *fold_risk[:, i], ensemble[i]]
+                                                   for i, (p, n, y) in enumerate(zip(patients, ids, labels))])
+    pids, patient_labels, patient_risk = patient_level(ids, patients, labels, ensemble)
+    write_csv(folder / "patient_predictions.csv", ["patient_id", "label", "risk"],
+              [[p, label_text(y), r] for p, y, r in zip(pids, patient_labels, patient_risk)])
+    return ensemble
+
+
 def write_results(run: Path, test: dict | None, validation: dict, bootstrap: int, seed: int) -> dict:
     """Write the prediction CSVs and metrics.json of a finished run; return the metrics.
 
@@ -105,14 +119,7 @@ def write_results(run: Path, test: dict | None, validation: dict, bootstrap: int
     metrics: dict = {"validation": {**val_scores, "folds": validation["folds"]}, "test": None}
     if test is not None and len(test["ids"]):
         fold_risk = np.asarray(test["fold_risk"])
-        ensemble = fold_risk.mean(axis=0)
-        header = ["patient_id", "nodule_id", "label"] + [f"fold_{k}" for k in range(len(fold_risk))] + ["ensemble"]
-        rows = [[p, n, label_text(y), *fold_risk[:, i], ensemble[i]]
-                for i, (p, n, y) in enumerate(zip(test["patients"], test["ids"], test["labels"]))]
-        write_csv(run / "predictions.csv", header, rows)
-        pids, patient_labels, patient_risk = patient_level(test["ids"], test["patients"], test["labels"], ensemble)
-        write_csv(run / "patient_predictions.csv", ["patient_id", "label", "risk"],
-                  [[p, label_text(y), r] for p, y, r in zip(pids, patient_labels, patient_risk)])
+        ensemble = write_predictions(run, test["ids"], test["patients"], test["labels"], fold_risk)
         metrics["test"] = {
             **scored_set(test["ids"], test["patients"], test["labels"], ensemble, bootstrap, seed),
             "folds": {f"fold_{k}": brief_scores(test["labels"], fold_risk[k]) for k in range(len(fold_risk))},
