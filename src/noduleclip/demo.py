@@ -29,7 +29,7 @@ class DemoConfig:
     backbone: str = "dinov2-s+minilm"
     tuning: str = "lora"
     folds: int = 3
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 8
     image_size: int = 56
     lr: float = 1e-3  # a 4-epoch CPU schedule needs a larger step than the paper's 1e-4
