@@ -21,7 +21,7 @@ from noduleclip.atomic import write_text
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo (defaults fit about 10 minutes on 2 cores)."""
+    """Sizes of the demo (the defaults take about 11 minutes on 2 cores, install excluded)."""
 
     train_patients: int = 150
     external_patients: int = 60
