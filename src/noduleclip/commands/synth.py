@@ -28,13 +28,14 @@ def register(subparsers) -> None:
             "manifest.csv (world LPS coordinates, labels, semantic features) plus cohort.json (settings, "
             "risk model, true risks). The same seed gives byte-identical files."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", required=True, type=Path, help="new or empty output folder")
-    parser.add_argument("--patients", type=int, default=200, help="number of patients")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (patients and files depend only on it and the preset)")
-    parser.add_argument("--preset", default="screening", help=f"acquisition preset ({presets})")
-    parser.add_argument("--workers", type=int, default=_default_workers(), help="worker processes")
+    parser.add_argument("--patients", type=int, default=200, help="number of patients (default 200)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed; patients and files depend only on it and the preset (default 0)")
+    parser.add_argument("--preset", default="screening", help=f"acquisition preset, default screening ({presets})")
+    parser.add_argument("--workers", type=int, default=_default_workers(),
+                        help="worker processes (default: the CPUs available, at most 8)")
     parser.add_argument("--prevalence", type=float, default=None,
                         help="fraction of malignant nodules (default: the preset's)")
     parser.add_argument("--overwrite", action="store_true", help="replace a cohort already in --out")
