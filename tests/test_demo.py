@@ -34,6 +34,17 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert summary["external"]["nodule"]["n"] + summary["external"]["nodule"]["n_unknown"] == len(external)
     on_disk = json.loads((tmp_path / "demo.json").read_text())
     assert on_disk["internal_test"]["nodule"]["auroc"] == summary["internal_test"]["nodule"]["auroc"]
+    # `evaluate` on the same manifest reproduces the demo's external predictions.
+    from noduleclip.cli import main
+
+    assert main(["evaluate", str(tmp_path / "run"), str(tmp_path / "cohort-contrast" / "manifest.csv"),
+                 "--out", str(tmp_path / "again"), "--workers", "1"]) == 0
+    assert (tmp_path / "again" / "predictions.csv").read_text() == (tmp_path / "external" / "predictions.csv").read_text()
+    assert (tmp_path / "again" / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["evaluate", str(tmp_path / "cohort-contrast"), str(tmp_path / "cohort-contrast" / "manifest.csv"),
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "not a noduleclip run folder" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     log = (tmp_path / "run" / "log.jsonl").read_text()
     run_demo(tmp_path, config)  # a second run reuses the cohorts and the finished folds
     assert (tmp_path / "run" / "log.jsonl").read_text() == log

@@ -19,6 +19,7 @@ COMMANDS = (
     "noduleclip.commands.preprocess",
     "noduleclip.commands.views",
     "noduleclip.commands.train",
+    "noduleclip.commands.evaluate",
     "noduleclip.commands.synth",
     "noduleclip.commands.demo",
 )
