@@ -80,8 +80,42 @@ def plot_roc_pr(sets: dict[str, tuple], out: str | os.PathLike, title: str = "")
     pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall", xlim=(0, 1), ylim=(0, 1.01))
     for ax in (roc_ax, pr_ax):
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def plot_calibration(sets: dict[str, tuple], out: str | os.PathLike, n_bins: int = 10, title: str = "") -> Path:
+    """Reliability diagram (observed malignant fraction vs mean predicted probability per bin) with a histogram
+    of the predictions below, one line per named (y_true, y_prob) set; Brier score and ECE in the legend.
+
+    Sets whose scores are not probabilities in [0, 1], or without labelled cases, are skipped with a note.
+    """
+    from noduleclip.errors import InputError
+    from noduleclip.evaluate.metrics import calibration_curve
+
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6.2, 6.6), sharex=True, gridspec_kw=dict(height_ratios=(3, 1)))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    for name, (y_true, y_prob) in sets.items():
+        try:
+            cal = calibration_curve(y_true, y_prob, n_bins=n_bins)
+        except InputError:
+            ax.plot([], [], label=f"{name}: not probabilities or no labels, not shown")
+            continue
+        line, = ax.plot(cal["prob_pred"], cal["prob_true"], marker="o", lw=1.5,
+                        label=f"{name}: Brier {cal['brier']:.3f}, ECE {cal['ece']:.3f} (n={cal['n']})")
+        y = np.asarray(y_true, dtype=float)
+        hist.hist(np.asarray(y_prob, dtype=float)[np.isfinite(y)], bins=edges, histtype="step", lw=1.5,
+                  color=line.get_color())
+    ax.set(ylabel="observed malignant fraction", title=title or "calibration (reliability)", xlim=(0, 1),
+           ylim=(-0.02, 1.02))
+    hist.set(xlabel="predicted malignancy probability", ylabel="nodules")
+    for a in (ax, hist):
+        a.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, out)

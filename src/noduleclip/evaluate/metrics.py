@@ -222,7 +222,11 @@ def patient_level(
 
 
 def calibration_curve(y_true: Sequence, y_prob: Sequence, n_bins: int = 10, strategy: str = "uniform") -> dict:
-    """Reliability bins (sklearn's calibration_curve) with the count of cases per non-empty bin; JSON-safe."""
+    """Reliability bins (sklearn's calibration_curve) with the count of cases per non-empty bin; JSON-safe.
+
+    Also `ece`, the expected calibration error (sum over bins of count / n x |observed - mean predicted|),
+    and `brier`, the Brier score of the same cases.
+    """
     y, p, n_unknown = known_cases(y_true, y_prob)
     if len(y) == 0:
         raise InputError("calibration needs labelled cases; every label here is unknown")
@@ -237,7 +241,20 @@ def calibration_curve(y_true: Sequence, y_prob: Sequence, n_bins: int = 10, stra
     else:
         edges = np.linspace(0.0, 1.0, n_bins + 1)
     counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins)
+    filled = counts[counts > 0]
+    ece = float(np.sum(filled / len(y) * np.abs(prob_true - prob_pred))) if len(filled) == len(prob_true) else None
     return jsonable({
-        "prob_true": prob_true, "prob_pred": prob_pred, "count": counts[counts > 0],
+        "prob_true": prob_true, "prob_pred": prob_pred, "count": filled,
         "edges": edges, "n_bins": n_bins, "strategy": strategy, "n": len(y), "n_unknown": n_unknown,
+        "ece": ece, "brier": brier_score(y, p),
     })
+
+
+def brier_score(y_true: Sequence, y_prob: Sequence) -> float:
+    """Mean squared difference between probability and label over the labelled cases (unknown labels left out)."""
+    y, p, _ = known_cases(y_true, y_prob)
+    if len(y) == 0:
+        raise InputError("the Brier score needs labelled cases; every label here is unknown")
+    if p.min() < 0 or p.max() > 1:
+        raise InputError("the Brier score needs probabilities in [0, 1]; apply a sigmoid/softmax to the scores first")
+    return float(np.mean((p - y) ** 2))
