@@ -22,6 +22,7 @@ COMMANDS = (
     "noduleclip.commands.evaluate",
     "noduleclip.commands.synth",
     "noduleclip.commands.demo",
+    "noduleclip.commands.ablate",
     "noduleclip.commands.imports",
 )
 
