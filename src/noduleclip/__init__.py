@@ -1,3 +1,11 @@
 """noduleclip: a semantic-guided vision-language model for lung-nodule malignancy on CT."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`NoduleClip` is imported on first use, so that `import noduleclip` stays light."""
+    if name == "NoduleClip":
+        from noduleclip.predict.api import NoduleClip
+        return NoduleClip
+    raise AttributeError(f"module 'noduleclip' has no attribute {name!r}")

@@ -20,6 +20,7 @@ COMMANDS = (
     "noduleclip.commands.views",
     "noduleclip.commands.train",
     "noduleclip.commands.evaluate",
+    "noduleclip.commands.predict",
     "noduleclip.commands.synth",
     "noduleclip.commands.demo",
     "noduleclip.commands.ablate",

@@ -31,6 +31,7 @@ from noduleclip.atomic import write_text
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
 from noduleclip.model import NoduleClipModel, load_model
+from noduleclip.predict.calibrate import calibrate_run
 from noduleclip.preprocess.cache import ViewCache
 from noduleclip.preprocess.pipeline import default_workers, preprocess_manifest
 from noduleclip.semantics import record_features
@@ -217,6 +218,7 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
             folds.append(done)
         if main:
             _evaluate(run, config, plan, records, position, views, labels, folds, device_name(accelerator.device))
+            calibrate_run(run)  # calibrator.json from the out-of-fold predictions just written
         accelerator.wait_for_everyone()
     metrics = json.loads((run / "metrics.json").read_text())
     return RunResult(run, config, metrics, format_summary(metrics))

@@ -1,0 +1,181 @@
+"""Whole-process time of `noduleclip predict` for one nodule of LIDC-IDRI-0001, by stage, beside the FLOP floor.
+
+    .venv/bin/python benchmarks/predict.py                       # dinov2-s+minilm, five folds
+    .venv/bin/python benchmarks/predict.py --backbone tiny       # a smoke run
+    .venv/bin/python benchmarks/predict.py --threads 1           # on a busy machine: no thread oversubscription
+
+It needs a trained run. It makes one (once; kept in --run-dir) with the layout `noduleclip train` writes:
+config.json, fold_k/best (each fold's freshly initialised LoRA model saved with `save_model`, built by the
+training code's `build_fold_model`, so the five folds differ as trained folds do) and fold_k/done.json,
+plus a calibrator fitted on synthetic out-of-fold predictions so that the calibrated path runs. The
+weights are untrained: the figures are times, not risks.
+
+Then it runs `noduleclip -v predict RUN lidc-idri-0001 --coord <nodule centre> --out DIR` as its own process
+(three times, best kept; once more with --dicom-sr) and reads the stage times the command logs: read (scan
+and nodule location), load (the run's models), views, model (the fold models' image path), zero-shot
+(prompts through each fold's text tower), outputs (JSON, CSV, panel, SR); the rest of the wall time is
+starting Python and importing. In this process it times the model and zero-shot stages again (warm, best of
+five) and counts their FLOPs (torch.utils.flop_counter) to give the floor: FLOPs / the best 2048^3 float32
+matmul rate, measured as benchmarks/inference.py does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "lidc-idri-0001"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference import counted_flops, matmul_gflops  # noqa: E402
+
+NODULE_CENTER = (55.5, 85.6, -116.1)  # LIDC-IDRI-0001's nodule, from the first reader's contours (LPS mm)
+STAGES = ("read", "load", "views", "model", "zero_shot", "outputs")
+
+
+def make_run(run: Path, backbone: str, folds: int) -> Path:
+    """A run folder of `folds` untrained fold models, laid out as `noduleclip train` writes one."""
+    from noduleclip import __version__
+    from noduleclip.atomic import write_text
+    from noduleclip.model import save_model
+    from noduleclip.predict.api import RUN_FORMAT, RUN_FORMAT_VERSION
+    from noduleclip.predict.calibrate import calibrate_run
+    from noduleclip.train.config import TrainConfig
+    from noduleclip.train.loop import DONE_FILE, build_fold_model
+
+    config = TrainConfig(backbone=backbone, folds=folds, random_init=backbone == "clip-vit-b-32")
+    if (run / "config.json").is_file():
+        document = json.loads((run / "config.json").read_text())
+        if document["train"]["backbone"] == backbone and document["train"]["folds"] == folds:
+            return run
+        raise SystemExit(f"{run} holds another benchmark run; remove it or pass another --run-dir")
+    run.mkdir(parents=True, exist_ok=True)
+    for k in range(folds):
+        model = build_fold_model(config, k)
+        save_model(model, run / f"fold_{k}" / "best")
+        write_text(run / f"fold_{k}" / DONE_FILE, json.dumps({"fold": k, "best_epoch": 0, "note": "untrained"}) + "\n")
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.02, 0.98, 200)
+    with open(run / "val_predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["fold", "patient_id", "nodule_id", "label", "probability"])
+        for i, p in enumerate(truth):
+            writer.writerow([i % folds, f"P{i}", f"N{i}", int(rng.uniform() < p), repr(float(p ** 1.5))])
+    calibrate_run(run)
+    write_text(run / "config.json", json.dumps({
+        "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "package_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "train": config.to_dict(),
+        "manifest": {"path": None, "note": "benchmark run: untrained fold models, synthetic calibration"},
+        "model": {"backbone": model.config.backbone, "tuning": model.config.tuning, "image_size": model.config.image_size,
+                  "random_init": model.config.random_init, "weights_source": model.config.weights_source,
+                  "tower_fingerprint": model.config.tower_fingerprint, "trainable_fraction": model.trainable_fraction()},
+    }, indent=2) + "\n")
+    return run
+
+
+def cli_run(run: Path, out: Path, dicom_sr: bool, threads: int | None) -> dict:
+    """Wall and CPU time of one `noduleclip -v predict` process and the stage times it logs."""
+    coord = ",".join(str(c) for c in NODULE_CENTER)
+    command = [sys.executable, "-m", "noduleclip", "-v", "predict", str(run), str(DATA), "--coord", coord,
+               "--out", str(out)] + (["--dicom-sr"] if dicom_sr else [])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    if done.returncode != 0:
+        raise SystemExit(f"noduleclip predict failed:\n{done.stderr[-3000:]}")
+    line = next(line for line in done.stderr.splitlines() if line.startswith("seconds: "))
+    stages = {name: float(value) for name, value in re.findall(r"(\w+) ([0-9.]+)", line[len("seconds: "):])}
+    return {"wall": wall, "cpu": cpu, **stages, "start_and_imports": wall - sum(stages.values())}
+
+
+def in_process(run: Path, repeats: int = 5) -> dict:
+    """Warm model and zero-shot times (best of `repeats`) and their FLOPs, for the nodule's views."""
+    import torch
+
+    from noduleclip.io import read_volume
+    from noduleclip.predict.api import NoduleClip
+    from noduleclip.preprocess.views import sample_planes
+
+    model = NoduleClip.load(run)
+    views = torch.from_numpy(sample_planes(read_volume(DATA), NODULE_CENTER, model.config.views)[None])
+    network, prompts = model.ensemble.model, model.prompts
+    with torch.inference_mode():
+        image_flops = counted_flops(lambda: network.predict(views))
+        text_flops = counted_flops(lambda: network.encode_text(prompts.texts)) if prompts else 0
+    rate = matmul_gflops()
+    best = {"model": float("inf"), "zero_shot": float("inf")}
+    for _ in range(repeats):
+        timings: dict = {}
+        model.ensemble.run(views, prompts, timings)
+        best = {k: min(best[k], timings[k]) for k in best}
+    rate = max(rate, matmul_gflops())
+    folds = len(model.ensemble.states)
+    return {"folds": folds, "gflops_rate": rate, "model": best["model"], "zero_shot": best["zero_shot"],
+            "model_gflop": folds * image_flops / 1e9, "zero_shot_gflop": folds * text_flops / 1e9,
+            "prompts": len(prompts) if prompts else 0, "image_size": network.config.image_size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", default="dinov2-s+minilm")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (OMP_NUM_THREADS) for every timing (default: torch's, one per core)")
+    parser.add_argument("--run-dir", default=None, help="where the benchmark run is made and kept "
+                        "(default: a folder in the system's temporary directory)")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"{DATA} is missing: this benchmark needs ../shared/data/lidc-idri-0001")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Path(args.run_dir or Path(tempfile.gettempdir()) / f"noduleclip-bench-predict-{args.backbone}-{args.folds}")
+    started = time.perf_counter()
+    make_run(run, args.backbone, args.folds)
+    print(f"benchmark run {run} ({args.backbone}, {args.folds} untrained folds) ready in {time.perf_counter() - started:.1f} s")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
+          f"load average {os.getloadavg()[0]:.2f} (other processes slow every figure)")
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [cli_run(run, Path(tmp) / f"out{i}", False, args.threads) for i in range(3)]
+        plain = min(runs, key=lambda r: r["wall"])
+        with_sr = cli_run(run, Path(tmp) / "out-sr", True, args.threads)
+    warm = in_process(run)
+    model_floor = warm["model_gflop"] / warm["gflops_rate"]
+    text_floor = warm["zero_shot_gflop"] / warm["gflops_rate"] if warm["zero_shot_gflop"] else float("nan")
+    print(f"\n`noduleclip predict` on LIDC-IDRI-0001, one nodule, {warm['folds']} folds at {warm['image_size']} px "
+          f"(best wall of 3 processes; with --dicom-sr once)")
+    print(f"{'stage':<20}{'seconds':>9}{'with SR':>9}")
+    for name in ("start_and_imports", *STAGES):
+        print(f"{name:<20}{plain.get(name, float('nan')):>9.2f}{with_sr.get(name, float('nan')):>9.2f}")
+    print(f"{'whole process':<20}{plain['wall']:>9.2f}{with_sr['wall']:>9.2f}   goal < 10 s")
+    print(f"{'CPU time (user+sys)':<20}{plain['cpu']:>9.2f}{with_sr['cpu']:>9.2f}")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    print(f"\nFLOP floor (2048^3 float32 matmul {warm['gflops_rate']:.1f} GFLOP/s)")
+    print(f"{'part':<34}{'GFLOP':>8}{'floor s':>9}{'warm s':>9}{'x floor':>9}{'in CLI s':>10}{'x floor':>9}")
+    for name, gflop, floor in (("model (image path, all folds)", warm["model_gflop"], model_floor),
+                               (f"zero-shot ({warm['prompts']} prompts, all folds)", warm["zero_shot_gflop"], text_floor)):
+        key = "model" if name.startswith("model") else "zero_shot"
+        print(f"{name:<34}{gflop:>8.2f}{floor:>9.3f}{warm[key]:>9.3f}{warm[key] / floor:>9.2f}"
+              f"{plain[key]:>10.3f}{plain[key] / floor:>9.2f}")
+    print("goal: the model part within 2x its floor")
+
+
+if __name__ == "__main__":
+    main()
