@@ -15,7 +15,7 @@ from noduleclip.demo import DemoConfig, run_demo
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     config = DemoConfig(train_patients=12, external_patients=4, backbone="tiny", random_init=True, folds=2,
-                        epochs=1, batch_size=4, workers=1)
+                        epochs=1, batch_size=4, workers=1, image_size=28, lora_image_blocks=1)
     summary = run_demo(tmp_path, config)
     table = capsys.readouterr().out
     assert "internal test, nodules" in table and "external contrast, patients" in table

@@ -227,3 +227,34 @@ def test_clip_towers_load_from_a_hugging_face_folder(tmp_path, views):
         text_features = reference.text_projection(reference.text_model(**tokens).pooler_output)
         assert torch.allclose(model.vision(pixels), image_features, atol=1e-5)
         assert torch.allclose(model.text(**tokens), text_features, atol=1e-5)
+        # the same tower run in two parts (frozen blocks once, the rest per step) gives the same embedding
+        blocks = len(model.vision.blocks)
+        split = model.vision.finish(model.vision.hidden_states(pixels, blocks), blocks)
+        assert torch.allclose(split, image_features, atol=1e-5)
+
+
+@pytest.mark.parametrize("tuning, image_blocks, frozen", [("lora", 1, 1), ("vision-only", 1, 1), ("probe", None, 2),
+                                                          ("lora", None, 0)])
+def test_frozen_image_blocks_computed_once_give_the_same_embeddings(views, tuning, image_blocks, frozen):
+    from noduleclip.model.model import LoraSettings
+
+    model = create_model("tiny", tuning, lora=LoraSettings(image_blocks=image_blocks))
+    assert model.frozen_image_blocks == frozen
+    adapted = {name.split(".layer.")[1].split(".")[0] for name, _ in model.vision.named_parameters() if "lora_A" in name}
+    assert adapted == ({"1"} if image_blocks == 1 else {"0", "1"} if tuning == "lora" else set())
+    train_one_step(model, views, torch.tensor([1, 0, 1, 0]))  # adapters away from zero, so the prefix matters
+    model.eval()
+    with torch.no_grad():
+        direct, attention = model.encode_image(views)
+        prefix = model.image_prefix(views, batch_size=3)
+        cached, cached_attention = model.encode_image(None, prefix)
+    assert prefix.shape[:2] == (4, 9)
+    assert torch.allclose(direct, cached, atol=1e-6) and torch.allclose(attention, cached_attention, atol=1e-6)
+    assert torch.allclose(model.predict(views).risk, model.predict(None, prefix=prefix).risk, atol=1e-6)
+
+
+def test_lora_image_blocks_must_fit_the_tower():
+    from noduleclip.model.model import LoraSettings
+
+    with pytest.raises(InputError, match="between 1 and"):
+        create_model("tiny", "lora", lora=LoraSettings(image_blocks=3))

@@ -313,3 +313,17 @@ def test_vision_only_training_has_no_text_losses(cohort, tmp_path):
     assert len(epochs) == 2 and all(e["train"]["clip"] == e["train"]["text"] == 0 < e["train"]["image"] for e in epochs)
     _, models = load_run(result.run)
     assert all(model.text is None for model in models)
+
+
+def test_training_on_precomputed_frozen_blocks_matches_the_saved_models(cohort, tmp_path):
+    """LoRA on the top image block only: the blocks below run once per nodule, and the validation predictions
+    made that way during training are those the saved fold models give on the views."""
+    config = TrainConfig(**{**BASE, "epochs": 1, "lora_image_blocks": 1}, cache=str(cohort[1]))
+    result = train_run(cohort[0], tmp_path / "run", config)
+    _, models = load_run(result.run)
+    assert all(model.frozen_image_blocks == 1 for model in models)
+    cache = ViewCache(cohort[1], config.views, create=False)
+    for k, model in enumerate(models):
+        done = json.loads((result.run / f"fold_{k}" / "done.json").read_text())
+        risk = ensemble_predict([model], cache.load_many(done["val"]["nodule_id"]))
+        assert risk == pytest.approx(done["val"]["probability"], abs=1e-6)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Iterator, Mapping, Sequence
 
@@ -35,6 +36,7 @@ class LoraSettings:
     alpha: float = 1.0
     dropout: float = 0.25
     target_names: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "query", "key", "value")
+    image_blocks: int | None = None  # LoRA in the image tower's last N blocks only (None: all, as the paper)
 
 
 @dataclass
@@ -117,6 +119,12 @@ class ViewTransform(nn.Module):
         return planes * self.scale + self.shift  # broadcasts the grey plane to three channels
 
 
+def _block_index(module_name: str) -> int | None:
+    """The transformer block a module belongs to (`encoder.layer.7.attention...` -> 7), or None."""
+    match = re.search(r"\.(?:layer|layers)\.(\d+)\.", module_name)
+    return int(match.group(1)) if match else None
+
+
 def _lora_targets(model: nn.Module, names: Sequence[str]) -> list[str]:
     return [name for name, module in model.named_modules()
             if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in names]
@@ -169,6 +177,12 @@ class NoduleClipModel(nn.Module):
         lora = self.config.lora
         for tower in towers:
             targets = _lora_targets(tower.model, lora.target_names)
+            if tower is self.vision and lora.image_blocks is not None:
+                if not 1 <= lora.image_blocks <= len(tower.blocks):
+                    raise InputError(f"LoRA image blocks {lora.image_blocks} must be between 1 and the image tower's "
+                                     f"{len(tower.blocks)} blocks.")
+                first = len(tower.blocks) - lora.image_blocks
+                targets = [t for t in targets if _block_index(t) is not None and _block_index(t) >= first]
             if not targets:
                 raise InputError(f"No attention projection named {lora.target_names} in {self.config.backbone}'s towers.")
             settings = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
@@ -195,6 +209,32 @@ class NoduleClipModel(nn.Module):
         return {name: tensor for name, tensor in self.state_dict().items()
                 if keep_towers or not name.startswith(TOWER_PREFIXES) or "lora_" in name}
 
+    @property
+    def frozen_image_blocks(self) -> int:
+        """How many bottom blocks of the image tower never change in training (their output can be computed once).
+
+        All of them when probing; those below the LoRA blocks when LoRA is limited to the top blocks.
+        """
+        if self.config.tuning == "probe":
+            return len(self.vision.blocks)
+        image_blocks = self.config.lora.image_blocks
+        if self.config.tuning in ("lora", "vision-only") and image_blocks is not None:
+            return len(self.vision.blocks) - image_blocks
+        return 0
+
+    def image_prefix(self, views: torch.Tensor, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+        """(B, V, tokens, width) output of the frozen image blocks for (B, V, 50, 50) views; see `encode_image`."""
+        from tqdm.auto import tqdm
+
+        parts = []
+        with self._evaluating():
+            for start in tqdm(range(0, views.shape[0], batch_size), desc="frozen image blocks", unit="batch",
+                              disable=not progress, dynamic_ncols=True):
+                chunk = views[start:start + batch_size]
+                hidden = self.vision.hidden_states(self.view_transform(chunk), self.frozen_image_blocks)
+                parts.append(hidden.view(chunk.shape[0], chunk.shape[1], *hidden.shape[1:]).clone())
+        return torch.cat(parts)
+
     # -- encoders ----------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """The text tower's token ids and attention mask for `texts` (truncated to its maximum length)."""
@@ -206,12 +246,22 @@ class NoduleClipModel(nn.Module):
         """exp of the learnable log logit scale, clamped to [1, 100]."""
         return self.logit_scale.clamp(0.0, self.config.logit_scale_max).exp()
 
-    def encode_image(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, V, 50, 50) views -> unit-norm (B, embed_dim) embeddings and (B, V) attention weights."""
-        if views.dim() != 4:
-            raise InputError(f"Views must be a (nodules, views, height, width) tensor, got shape {tuple(views.shape)}.")
-        batch, count = views.shape[:2]
-        features = self.vision(self.view_transform(views)).view(batch, count, -1)  # all B*V views in one call
+    def encode_image(self, views: torch.Tensor | None = None, prefix: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, V, 50, 50) views -> unit-norm (B, embed_dim) embeddings and (B, V) attention weights.
+
+        Instead of views, `prefix` may give their `image_prefix` (computed once): the same result, faster.
+        """
+        if prefix is not None:
+            batch, count = prefix.shape[:2]
+            hidden = prefix.reshape(batch * count, *prefix.shape[2:])
+            features = self.vision.finish(hidden, self.frozen_image_blocks).view(batch, count, -1)
+        else:
+            if views is None or views.dim() != 4:
+                shape = None if views is None else tuple(views.shape)
+                raise InputError(f"Views must be a (nodules, views, height, width) tensor, got {shape}.")
+            batch, count = views.shape[:2]
+            features = self.vision(self.view_transform(views)).view(batch, count, -1)  # all B*V views in one call
         pooled, attention = self.mil(features)
         return F.normalize(self.image_projection(pooled), dim=-1), attention
 
@@ -222,9 +272,10 @@ class NoduleClipModel(nn.Module):
         features = self.text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
         return F.normalize(self.text_projection(features), dim=-1)
 
-    def forward(self, views: torch.Tensor, text: Sequence[str] | Mapping[str, torch.Tensor] | None = None) -> ModelOutput:
-        """Embed the views (and the texts, if given and the model has a text path) and apply both heads."""
-        image_embeds, attention = self.encode_image(views)
+    def forward(self, views: torch.Tensor | None, text: Sequence[str] | Mapping[str, torch.Tensor] | None = None,
+                prefix: torch.Tensor | None = None) -> ModelOutput:
+        """Embed the views or their `prefix` (and the texts, if given and the model has a text path); apply both heads."""
+        image_embeds, attention = self.encode_image(views, prefix)
         output = ModelOutput(image_embeds, attention, self.image_head(image_embeds))
         if text is not None and self.text is not None:
             output.text_embeds = self.encode_text(text)
@@ -243,20 +294,23 @@ class NoduleClipModel(nn.Module):
         finally:
             self.train(was_training)
 
-    def predict(self, views: torch.Tensor, batch_size: int = 32) -> Prediction:
+    def predict(self, views: torch.Tensor | None, batch_size: int = 32, prefix: torch.Tensor | None = None) -> Prediction:
         """Image-only inference in eval mode: malignancy probability, embeddings and attention, `batch_size` nodules at a time."""
         risks, embeds, attentions = [], [], []
+        inputs = prefix if prefix is not None else views
         with self._evaluating():
-            for start in range(0, views.shape[0], batch_size):
-                image_embeds, attention = self.encode_image(views[start:start + batch_size])
+            for start in range(0, inputs.shape[0], batch_size):
+                part = inputs[start:start + batch_size]
+                image_embeds, attention = self.encode_image(None, part) if prefix is not None else self.encode_image(part)
                 risks.append(torch.softmax(self.image_head(image_embeds), dim=-1)[:, 1])
                 embeds.append(image_embeds)
                 attentions.append(attention)
         return Prediction(torch.cat(risks), torch.cat(embeds), torch.cat(attentions))
 
-    def predict_risk(self, views: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    def predict_risk(self, views: torch.Tensor | None, batch_size: int = 32, prefix: torch.Tensor | None = None
+                     ) -> torch.Tensor:
         """(B,) malignancy probabilities from the image head."""
-        return self.predict(views, batch_size).risk
+        return self.predict(views, batch_size, prefix).risk
 
     def prompt_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
         """Unit-norm embeddings of prompt texts, computed once and reused until the text path's weights change."""

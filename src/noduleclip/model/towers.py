@@ -58,6 +58,32 @@ class VisionTower(nn.Module):
             return self.model(pixel_values=pixel_values, interpolate_pos_encoding=self.interpolate).image_embeds
         return self.model(pixel_values=pixel_values).pooler_output  # DINOv2: the class token after layernorm
 
+    # The same computation in two parts, for towers whose lower blocks are frozen: `hidden_states` runs
+    # the embeddings and the first `blocks` transformer blocks, `finish` the remaining blocks and pooling.
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks, bottom first."""
+        return self.model.vision_model.encoder.layers if self.family == "clip" else self.model.encoder.layer
+
+    def hidden_states(self, pixel_values: torch.Tensor, blocks: int) -> torch.Tensor:
+        """(N, tokens, width) hidden states after the patch embedding and the first `blocks` blocks."""
+        if self.family == "clip":
+            vision = self.model.vision_model
+            hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=self.interpolate))
+        else:
+            hidden = self.model.embeddings(pixel_values)
+        for block in self.blocks[:blocks]:
+            hidden = block(hidden, None)
+        return hidden
+
+    def finish(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
+        """(N, D) pooled embeddings from hidden states taken after block `start`."""
+        for block in self.blocks[start:]:
+            hidden = block(hidden, None)
+        if self.family == "clip":
+            return self.model.visual_projection(self.model.vision_model.post_layernorm(hidden[:, 0]))
+        return self.model.layernorm(hidden)[:, 0]
+
 
 class TextTower(nn.Module):
     """A text transformer with its tokenizer; maps token ids to (N, D) pooled sentence embeddings."""

@@ -6,6 +6,7 @@
 
 A run folder holds config.json, splits.csv, log.jsonl, fold_<k>/{best,last,resume}/ and
 fold_<k>/done.json, val_predictions.csv, predictions.csv, patient_predictions.csv, metrics.json,
+calibrator.json (fit on the out-of-fold predictions, used by `predict`),
 and the view cache (cache/) unless another one was named. Running again on the same folder with
 the same settings resumes: finished folds are skipped, an unfinished one continues after its last
 finished epoch, and the result is the one an uninterrupted run gives. Other settings or another
@@ -187,7 +188,6 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
         main = accelerator.is_main_process
         probe = build_fold_model(config, 0)
         described = _describe(config, manifest, manifest_sha, probe)
-        del probe
         if document and document["model"]["tower_fingerprint"] != described["model"]["tower_fingerprint"]:
             raise InputError(f"the towers built now ({described['model']['weights_source']}) differ from those run "
                              f"{run} started with; pass the same weights, or choose a new --out folder")
@@ -199,6 +199,10 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
             if not (run / "splits.csv").is_file():
                 plan.write_csv(run / "splits.csv")
         views = _views(manifest, config, run, accelerator)
+        # frozen bottom blocks of the image tower (probing, or LoRA on the top blocks): their output once per nodule
+        prefixed = probe.frozen_image_blocks > 0 and any(read_done(run / f"fold_{k}") is None for k in range(config.folds))
+        inputs = probe.image_prefix(views, config.eval_batch_size, progress=config.progress and main) if prefixed else views
+        del probe
         records, position = manifest.records, {r.nodule_id: i for i, r in enumerate(manifest)}
         labels = np.array([np.nan if r.label is None else r.label for r in records], dtype=float)
         log, folds = RunLog(run / "log.jsonl"), []
@@ -210,10 +214,10 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
                 train_at, val_at = [position[n] for n in train_ids], [position[n] for n in val_ids]
                 train_records = [records[i] for i in train_at]
                 data = FoldData(
-                    train=NoduleDataset(views[train_at], train_records, config.seed, k, config.text_augmentation,
+                    train=NoduleDataset(inputs[train_at], train_records, config.seed, k, config.text_augmentation,
                                         with_text=config.tuning != "vision-only"),
                     train_weights=sampling_weights(config.sampler, train_records, [features[i] for i in train_at]),
-                    val_ids=val_ids, val_views=views[val_at], val_labels=labels[val_at])
+                    val_ids=val_ids, val_views=inputs[val_at], val_labels=labels[val_at], prefixed=prefixed)
                 done = train_fold(k, config, data, folder, log, accelerator, config.folds)
             folds.append(done)
         if main:

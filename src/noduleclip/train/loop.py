@@ -45,8 +45,9 @@ class FoldData:
     train: NoduleDataset
     train_weights: np.ndarray | None  # sampling weights (None: plain shuffling)
     val_ids: list[str]
-    val_views: torch.Tensor  # (N, 9, S, S)
+    val_views: torch.Tensor  # (N, 9, S, S), or their image prefix when `prefixed`
     val_labels: np.ndarray  # 1.0, 0.0 or NaN (unknown)
+    prefixed: bool = False  # the datasets hold the frozen image blocks' output instead of views (see image_prefix)
 
 
 def build_fold_model(config: TrainConfig, fold: int) -> NoduleClipModel:
@@ -60,9 +61,13 @@ def device_name(device: torch.device) -> str:
     return "cpu" if device.type == "cpu" else str(device)
 
 
-def predict_risk(model: NoduleClipModel, views: torch.Tensor, batch_size: int = 32) -> np.ndarray:
-    """Image-head malignancy probabilities (N,) as float64 numpy, in eval mode without gradients."""
-    return model.predict_risk(views, batch_size=batch_size).detach().cpu().double().numpy()
+def predict_risk(model: NoduleClipModel, views: torch.Tensor, batch_size: int = 32, prefixed: bool = False) -> np.ndarray:
+    """Image-head malignancy probabilities (N,) as float64 numpy, in eval mode without gradients.
+
+    `prefixed`: `views` holds the views' image prefix (the frozen blocks' output) instead of the views.
+    """
+    inputs = dict(views=None, prefix=views) if prefixed else dict(views=views)
+    return model.predict_risk(batch_size=batch_size, **inputs).detach().cpu().double().numpy()
 
 
 def validation_scores(labels: np.ndarray, risk: np.ndarray) -> dict:
@@ -122,7 +127,8 @@ def train_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log
     if main:
         remove_partial_writes(folder)
         log.rewind(fold, state["epochs_done"])
-    loader = DataLoader(data.train, batch_sampler=batches, num_workers=config.workers or 0)
+    # the items are slices of tensors in memory; workers only pay off when views are not precomputed
+    loader = DataLoader(data.train, batch_sampler=batches, num_workers=0 if data.prefixed else config.workers or 0)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     network = accelerator.unwrap_model(model)
     with_text = network.text is not None
@@ -142,7 +148,8 @@ def train_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log
         for batch in loader:
             tokens = network.tokenize(batch["text"]) if with_text else None
             with accelerator.autocast():
-                output = model(batch["views"], tokens)
+                images = dict(views=None, prefix=batch["views"]) if data.prefixed else dict(views=batch["views"])
+                output = model(text=tokens, **images)
             output, labels = _gather_batch(accelerator, output, batch["label"])
             loss = loss_fn(output, labels)
             accelerator.backward(loss.total)
@@ -154,7 +161,7 @@ def train_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log
             count += 1
             bar.update(1)
             bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{loss.total.item():.3f}")
-        risk = predict_risk(network, data.val_views, config.eval_batch_size)
+        risk = predict_risk(network, data.val_views, config.eval_batch_size, data.prefixed)
         scores = validation_scores(data.val_labels, risk)
         monitor = monitored(scores)
         improved = state["best_epoch"] == 0 or (monitor is not None and (state["best_monitor"] is None
@@ -181,7 +188,7 @@ def train_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log
     if main:
         best = load_model(folder / "best", device=device_name(accelerator.device))
         done["val"] = {"nodule_id": data.val_ids,
-                       "probability": predict_risk(best, data.val_views, config.eval_batch_size).tolist()}
+                       "probability": predict_risk(best, data.val_views, config.eval_batch_size, data.prefixed).tolist()}
         log.append({"event": "fold_end", **{k: v for k, v in done.items() if k != "val"}})  # rewound if cut here
         write_text(folder / DONE_FILE, json.dumps(done) + "\n")
     accelerator.free_memory()
