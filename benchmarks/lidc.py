@@ -1,0 +1,298 @@
+"""Real-data benchmark: the ablation models on the 665 LIDC-IDRI nodule crops, on the same patient-level folds.
+
+    .venv/bin/python benchmarks/lidc.py                          # CPU defaults: 5 folds, 4 epochs, 112 px
+    .venv/bin/python benchmarks/lidc.py --quick --out /tmp/q     # smoke run: tiny random towers, ~40 crops
+
+Needs ../shared/data (real LIDC-IDRI). Protocol: 5-fold patient-level cross-validation on all 370 patients
+(no held-out test set: --test-fraction 0), so every labelled nodule (malignancy >= 4 vs <= 2; 3 is unknown)
+gets one out-of-fold score. Each fold model keeps the epoch with the best AUROC on its own validation fold,
+which makes that fold's AUROC (and the pooled out-of-fold AUROC) slightly optimistic; the last epoch's
+AUROC, chosen by nobody, is printed beside it. --test-fraction 0.2 runs the paper's protocol instead
+(20% of patients held out; the fold models and their ensemble are then also scored on them).
+Prints per fold and pooled AUROC/AUPRC of each model (lora, probe, vision-only, semantic), diameter alone
+and an LR on the LIDC ratings on the same folds, the LoRA model's zero-shot feature AUROC (each fold's
+model on its own validation nodules only), and a semantic-only LR over every LIDC nodule of the XML set.
+Writes OUT/lidc_benchmark.json; OUT/ablation/ holds the runs (finished models are reused when run again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from noduleclip.ablate import mean_sd, parse_models, run_ablation, semantic_cv_table, shared_splits
+from noduleclip.ablate.semantic_baseline import fit_semantic_baseline
+from noduleclip.atomic import write_text
+from noduleclip.data.manifest import NoduleManifest
+from noduleclip.errors import InputError
+from noduleclip.evaluate.metrics import jsonable
+from noduleclip.importers import import_crops, read_lidc_ratings
+from noduleclip.semantics.prompts import ENSEMBLE, PAPER
+from noduleclip.train.config import TrainConfig
+from noduleclip.train.results import brief_scores
+from noduleclip.train.resume import RunLog
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+FULL = dict(backbone="dinov2-s+minilm", folds=5, epochs=4, image_size=112, lora_image_blocks=2, bootstrap=1000)
+QUICK = dict(backbone="tiny", folds=2, epochs=1, image_size=28, lora_image_blocks=1, bootstrap=50)
+QUICK_PATIENTS, QUICK_XML_FILES = 10, 150  # per class; XML files read in --quick
+REFERENCES = {"diameter alone": 0.88, "LIDC characteristics + diameter LR": 0.93,
+              "frozen DINOv2-S 112 px, mean+max pooled LR": 0.91, "semantic-only LR on NLST (paper)": 0.888}
+GOALS = {"image-only AUROC": 0.90, "zero-shot margins AUROC": 0.80, "zero-shot consistency AUROC": 0.80}
+
+
+def num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def spread(values) -> str:
+    mean, sd, n = mean_sd(values)
+    return f"{num(mean)} ± {num(sd)} (n={n})"
+
+
+def crop_table(data: Path, out: Path, quick: bool) -> Path:
+    """The crops CSV; with `quick`, the nodules of QUICK_PATIENTS malignant and benign patients in OUT/crops.csv."""
+    source = data / "lidc-crops" / "manifest.csv"
+    if not quick:
+        return source
+    with open(source, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    patient_label = {}
+    for row in rows:
+        patient_label[row["patient_id"]] = max(patient_label.get(row["patient_id"], -1), int(row["label"] or -1))
+    chosen = {c: sorted(p for p, y in patient_label.items() if y == c)[:QUICK_PATIENTS] for c in (0, 1)}
+    keep = [r for r in rows if r["patient_id"] in chosen[0] + chosen[1]]
+    for row in keep:  # paths relative to the crops folder become absolute
+        row.update(image=str(source.parent / row["image"]), mask=str(source.parent / row["mask"]))
+    with open(out / "crops.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(keep)
+    return out / "crops.csv"
+
+
+def xml_source(data: Path, out: Path, quick: bool) -> Path:
+    """The LIDC XML tarball; with `quick`, its first QUICK_XML_FILES XML files unpacked into OUT/xml-sample."""
+    tarball = data / "lidc-xml.tar.gz"
+    if not quick:
+        return tarball
+    folder = out / "xml-sample"
+    with tarfile.open(tarball) as archive:
+        members = [m for m in archive if m.isfile() and m.name.endswith(".xml")][:QUICK_XML_FILES]
+        archive.extractall(folder, members=members, filter="data")
+    return folder
+
+
+def model_summary(folder: Path) -> dict:
+    """Per-fold validation scores (best and last epoch) and pooled out-of-fold (and test) metrics of one model."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    last = {e["fold"]: e["val"] for e in RunLog(folder / "log.jsonl").entries() if e.get("event") == "epoch"}
+    folds = [{"fold": f["fold"], "auroc": f["auroc"], "auprc": f["auprc"], "n": f["n"],
+              "best_epoch": f.get("best_epoch"), "last_epoch_auroc": last.get(f["fold"], {}).get("auroc")}
+             for f in sorted(metrics["validation"]["folds"], key=lambda f: f["fold"])]
+    keys = ("auroc", "auroc_ci", "auprc", "auprc_ci", "n", "n_pos")
+    summary = {"folds": folds, **{level: {k: metrics["validation"][level].get(k) for k in keys}
+                                  for level in ("nodule", "patient")}}
+    if metrics.get("test"):
+        summary["test"] = {"folds": metrics["test"]["folds"],
+                           **{level: {k: metrics["test"][level].get(k) for k in keys} for level in ("nodule", "patient")}}
+    return summary
+
+
+def same_fold_baselines(manifest: NoduleManifest, plan) -> dict:
+    """Diameter alone, and an LR on the LIDC ratings + diameter (fitted per fold), on each validation fold and pooled."""
+    by_id = {r.nodule_id: r for r in manifest}
+    label = lambda n: np.nan if by_id[n].label is None else float(by_id[n].label)  # noqa: E731
+    ratings = lambda n: {k: v for k, v in by_id[n].columns.items() if k != "malignancy"}  # noqa: E731
+    result = {name: {"folds": []} for name in ("diameter", "lidc_ratings_lr")}
+    pooled = {name: ([], []) for name in result}
+    for k in range(plan.n_folds):
+        train_ids, val_ids = plan.fold(k)
+        y = np.array([label(n) for n in val_ids])
+        model = fit_semantic_baseline([ratings(n) for n in train_ids], [label(n) for n in train_ids])
+        scores = {"diameter": np.array([by_id[n].features.get("long_diameter_mm", np.nan) for n in val_ids]),
+                  "lidc_ratings_lr": model.predict([ratings(n) for n in val_ids])}
+        for name, score in scores.items():
+            result[name]["folds"].append({"fold": k, **brief_scores(y, score)})
+            pooled[name][0].extend(y)
+            pooled[name][1].extend(score)
+    for name, (y, score) in pooled.items():
+        result[name]["pooled"] = brief_scores(np.array(y), np.array(score))
+    return result
+
+
+def lora_zero_shot(run: Path, manifest: NoduleManifest, plan, config: TrainConfig) -> dict:
+    """Zero-shot feature AUROC of each fold's model on its own validation nodules, per fold and pooled."""
+    import torch
+
+    from noduleclip.evaluate.zero_shot import STYLES, ensemble_probabilities, labelled_features, zero_shot_rows
+    from noduleclip.evaluate.zero_shot import zero_shot_table
+    from noduleclip.model import load_model
+    from noduleclip.preprocess.cache import ViewCache
+
+    by_id = {r.nodule_id: r for r in manifest}
+    cache = ViewCache(Path(config.cache), config.views, create=False)
+    features = labelled_features([by_id[n] for k in range(plan.n_folds) for n in plan.fold(k)[1]])
+    folds, pooled_records, parts = [], [], {s: {} for s in STYLES}
+    for k in range(plan.n_folds):
+        val_ids = plan.fold(k)[1]
+        records = [by_id[n] for n in val_ids]
+        model = load_model(run / f"fold_{k}" / "best")
+        views = torch.from_numpy(cache.load_many(val_ids))
+        prefix = model.image_prefix(views, config.eval_batch_size) if model.frozen_image_blocks else None
+        embeds = model.predict(views, config.eval_batch_size, prefix=prefix).image_embeds.double().numpy()
+        folds.append({"fold": k, "rows": zero_shot_table([model], [embeds], records)})
+        for style in STYLES:
+            for feature, (values, p) in ensemble_probabilities([model], [embeds], features, style).items():
+                parts[style].setdefault(feature, (values, []))[1].append(p)
+        pooled_records += records
+    probabilities = {s: {f: (v, np.concatenate(p)) for f, (v, p) in by_feature.items()} for s, by_feature in parts.items()}
+    return {"folds": folds, "pooled": zero_shot_rows(probabilities, pooled_records)}
+
+
+def xml_semantic(source: Path, folds: int, seed: int) -> dict:
+    """The semantic-only LR on every LIDC nodule of the XML reads, patient-grouped CV (patient = StudyInstanceUID)."""
+    rows = read_lidc_ratings(source)
+    table = semantic_cv_table(rows, [r["label"] for r in rows], [r["patient_id"] for r in rows], folds=folds, seed=seed)
+    assert "malignancy" not in table["features"]
+    return {k: v for k, v in table.items() if not k.startswith("oof_")} | {"nodules": len(rows)}
+
+
+def print_model(name: str, s: dict) -> None:
+    print(f"\n{name}")
+    trained = any(f["best_epoch"] for f in s["folds"])  # the semantic LR has no epochs
+    for f in s["folds"]:
+        epochs = f", best epoch {f['best_epoch']}, last-epoch AUROC {num(f['last_epoch_auroc'])}" if trained else ""
+        print(f"  fold {f['fold']}: AUROC {num(f['auroc'])}  AUPRC {num(f['auprc'])}  (n={f['n']}{epochs})")
+    last = f"  last-epoch AUROC {spread([f['last_epoch_auroc'] for f in s['folds']])}" if trained else ""
+    print(f"  mean ± sd over folds: AUROC {spread([f['auroc'] for f in s['folds']])}  AUPRC "
+          f"{spread([f['auprc'] for f in s['folds']])}{last}")
+    if s.get("test"):
+        print("  each fold model on the test set: " + "  ".join(
+            f"{k} AUROC {num(m['auroc'])} AUPRC {num(m['auprc'])}" for k, m in s["test"]["folds"].items()))
+    for title, part in (("out-of-fold, pooled", s), ("held-out test, fold ensemble", s.get("test"))):
+        for level in ("nodule", "patient") if part else ():
+            m = part[level]
+            ci = lambda k: f" [{num(m[k][0])}, {num(m[k][1])}]" if m.get(k) else ""  # noqa: E731
+            print(f"  {title}, {level}s (n={m['n']}, {m['n_pos']} malignant): AUROC {num(m['auroc'])}{ci('auroc_ci')}"
+                  f"  AUPRC {num(m['auprc'])}{ci('auprc_ci')}")
+
+
+def print_zero_shot(zero_shot: dict) -> None:
+    print("\nzero-shot AUROC of the lora model (each fold's model on its own validation nodules)")
+    print("  feature                  classes (pooled)                              " +
+          "  ".join(f"fold {f['fold']}" for f in zero_shot["folds"]) + "   pooled  (paper's prompts / ensembles)")
+    for row in zero_shot["pooled"]:
+        by_fold = [next((r for r in f["rows"] if r["feature"] == row["feature"]), None) for f in zero_shot["folds"]]
+        cells = [f"{num(r and r['auroc'][PAPER])}/{num(r and r['auroc'][ENSEMBLE])}" for r in by_fold]
+        classes = ", ".join(f"{v} {c}" for v, c in row["classes"].items())
+        print(f"  {row['feature']:<24} {classes[:44]:<44}  " + "  ".join(cells) +
+              f"   {num(row['auroc'][PAPER])}/{num(row['auroc'][ENSEMBLE])}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folds", type=int, help=f"cross-validation folds (default {FULL['folds']})")
+    parser.add_argument("--epochs", type=int, help=f"epochs per fold (default {FULL['epochs']})")
+    parser.add_argument("--image-size", type=int, help=f"encoder input in pixels (default {FULL['image_size']})")
+    parser.add_argument("--lora-image-blocks", type=int, help=f"LoRA in the image tower's last N blocks (default "
+                        f"{FULL['lora_image_blocks']})")
+    parser.add_argument("--backbone", help=f"backbone (default {FULL['backbone']})")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--test-fraction", type=float, default=0.0, help="patients held out as a test set (0: none)")
+    parser.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
+    parser.add_argument("--models", default="lora,probe,vision-only,semantic", help="ablation models to run")
+    parser.add_argument("--data", type=Path, default=DATA, help="the shared LIDC data folder")
+    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/out/lidc, or lidc-quick)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny random towers, 20 patients, 2 folds, 1 epoch")
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    given = {k: getattr(args, k) for k in preset if getattr(args, k, None) is not None}
+    settings = {**preset, **given, "batch_size": args.batch_size, "lr": args.lr, "test_fraction": args.test_fraction}
+    out = args.out or ROOT / "benchmarks" / "out" / ("lidc-quick" if args.quick else "lidc")
+    models = parse_models(args.models)
+    config = TrainConfig(**settings, threads=args.threads, cache=str((out / "ablation" / "cache").resolve())).validate()
+    seconds, started = {}, time.perf_counter()
+    print("settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + f", models {','.join(models)}")
+
+    tick = time.perf_counter()
+    print("[1] importing the LIDC crops", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = import_crops(crop_table(args.data, out, args.quick), out / "manifest.csv")
+    manifest = NoduleManifest.read(out / "manifest.csv")
+    plan = shared_splits(manifest, out / "ablation", config)
+    seconds["import"] = time.perf_counter() - tick
+    print(f"    {len(manifest)} nodules of {len({r.patient_id for r in manifest})} patients: {labels[1]} malignant, "
+          f"{labels[0]} benign, {labels[None]} unknown (malignancy 3); splits in {out / 'ablation' / 'splits.csv'}")
+
+    results = {}
+    for n, model in enumerate(models, start=1):
+        tick = time.perf_counter()
+        print(f"[2.{n}] {model}", flush=True)
+        run_ablation(out / "manifest.csv", out / "ablation", config, models=[model], echo=lambda t: print("    " + t))
+        seconds[model] = time.perf_counter() - tick
+        results[model] = model_summary(out / "ablation" / model)
+
+    tick = time.perf_counter()
+    print("[3] diameter alone and the LIDC-ratings LR on the same folds", flush=True)
+    baselines = same_fold_baselines(manifest, plan)
+    seconds["same_fold_baselines"] = time.perf_counter() - tick
+    zero_shot = None
+    if "lora" in models:
+        tick = time.perf_counter()
+        print("[4] zero-shot feature prediction of the lora fold models, out of fold", flush=True)
+        zero_shot = lora_zero_shot(out / "ablation" / "lora", manifest, plan, config)
+        seconds["zero_shot"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    print("[5] semantic-only LR on every LIDC nodule of the XML reads", flush=True)
+    xml = xml_semantic(xml_source(args.data, out, args.quick), config.folds, config.seed)
+    seconds["xml_semantic"] = time.perf_counter() - tick
+    seconds["total"] = time.perf_counter() - started
+
+    print(f"\n=== LIDC benchmark: {settings['backbone']}, {config.folds} folds, {config.epochs} epochs, "
+          f"{config.image_size} px, LoRA in the last {config.lora_image_blocks} image blocks, batch {config.batch_size}, "
+          f"lr {config.lr:g}, test fraction {config.test_fraction:g}" + (" (QUICK: not a result)" if args.quick else ""))
+    for model, summary in results.items():
+        print_model(model, summary)
+    for name, title in (("diameter", "diameter alone"), ("lidc_ratings_lr", "LR on the LIDC ratings + diameter")):
+        b = baselines[name]
+        print(f"\n{title} (same folds): " + "  ".join(f"fold {f['fold']} {num(f['auroc'])}" for f in b["folds"]) +
+              f"  mean {spread([f['auroc'] for f in b['folds']])}  pooled AUROC {num(b['pooled']['auroc'])}")
+    if zero_shot:
+        print_zero_shot(zero_shot)
+    print(f"\nsemantic-only LR, all LIDC XML nodules ({xml['n']} labelled of {xml['nodules']}, {xml['n_patients']} "
+          f"patients): AUROC {num(xml['auroc_mean'])} ± {num(xml['auroc_sd'])} over {len(xml['folds'])} folds, pooled "
+          f"{num(xml['pooled_auroc'])}; AUPRC pooled {num(xml['pooled_auprc'])}; features {', '.join(xml['features'])}")
+    print("\ngoals and references (AUROC)")
+    for model in (m for m in results if m != "semantic"):
+        print(f"  {model}: pooled out-of-fold {num(results[model]['nodule']['auroc'])} (goal >= {GOALS['image-only AUROC']})")
+    for feature in ("margins", "consistency"):
+        row = next((r for r in (zero_shot or {}).get("pooled", []) if r["feature"] == feature), None)
+        print(f"  zero-shot {feature}: {num(row and row['auroc'][PAPER])} paper's prompts, "
+              f"{num(row and row['auroc'][ENSEMBLE])} ensembles (goal >= {GOALS[f'zero-shot {feature} AUROC']})")
+    print("  references: " + "; ".join(f"{k} {v}" for k, v in REFERENCES.items()))
+    print("\nwall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) +
+          " (the first neural model's time includes cutting the views)")
+
+    document = jsonable({"settings": settings | {"quick": args.quick, "models": models, "nodules": len(manifest)},
+                         "seconds": seconds, "models": results, "same_fold_baselines": baselines,
+                         "zero_shot": zero_shot, "xml_semantic": xml, "goals": GOALS, "references": REFERENCES})
+    write_text(out / "lidc_benchmark.json", json.dumps(document, indent=2) + "\n")
+    print(f"wrote {out / 'lidc_benchmark.json'}")
+    return document
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as error:
+        sys.exit(f"error: {error}")
