@@ -23,6 +23,7 @@ import json
 import sys
 import tarfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,29 @@ def crop_table(data: Path, out: Path, quick: bool) -> Path:
         writer.writeheader()
         writer.writerows(keep)
     return out / "crops.csv"
+
+
+def drop_unreadable(manifest_path: Path, config: TrainConfig) -> list[tuple[str, str]]:
+    """Cut every nodule's views into the shared cache; rewrite the manifest without the nodules that cannot be cut.
+
+    The crops hold one known bad row (LIDC-IDRI-0332_R_1: its centre lies outside its crop), which training
+    would refuse; it is left out and reported, never cut somewhere else.
+    """
+    from noduleclip.preprocess.cache import ViewCache
+    from noduleclip.preprocess.pipeline import preprocess_manifest
+
+    report = preprocess_manifest(NoduleManifest.read(manifest_path), ViewCache(config.cache, config.views),
+                                 workers=2, progress=False)
+    failed = dict(report.failed)
+    if failed:
+        with open(manifest_path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields, rows = reader.fieldnames, [r for r in reader if r["nodule_id"] not in failed]
+        with open(manifest_path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    return report.failed
 
 
 def xml_source(data: Path, out: Path, quick: bool) -> Path:
@@ -227,8 +251,11 @@ def main(argv: list[str] | None = None) -> dict:
     tick = time.perf_counter()
     print("[1] importing the LIDC crops", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    labels = import_crops(crop_table(args.data, out, args.quick), out / "manifest.csv")
+    import_crops(crop_table(args.data, out, args.quick), out / "manifest.csv")
+    for nodule_id, reason in drop_unreadable(out / "manifest.csv", config):
+        print(f"    left out {nodule_id}: {reason}")
     manifest = NoduleManifest.read(out / "manifest.csv")
+    labels = Counter(r.label for r in manifest)
     plan = shared_splits(manifest, out / "ablation", config)
     seconds["import"] = time.perf_counter() - tick
     print(f"    {len(manifest)} nodules of {len({r.patient_id for r in manifest})} patients: {labels[1]} malignant, "

@@ -16,7 +16,7 @@ from noduleclip.cli import main
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.importers import LidcConfig, import_lidc, read_lidc_ratings
 from noduleclip.importers.lidc_xml import (
-    ReaderNodule, Roi, XmlReport, cluster_marks, consensus, label_from_malignancy, median_grade, mode_grade,
+    ReaderNodule, Roi, XmlReport, cluster_marks, label_from_malignancy, median_grade, mode_grade,
     place_mark, read_series_reads,
 )
 from noduleclip.io import Volume, read_mask, read_volume

@@ -90,7 +90,7 @@ def assert_same_results(run: Path, other: Path) -> None:
 
 
 def test_run_folder_splits_predictions_and_metrics(reference, cohort):
-    run, (manifest, cache) = reference.run, cohort
+    run, (_, cache) = reference.run, cohort
     for name in ("config.json", "splits.csv", "log.jsonl", "predictions.csv", "val_predictions.csv", "metrics.json"):
         assert (run / name).is_file(), name
     for k in (0, 1):

@@ -8,21 +8,15 @@ each model sets. Running the command again reuses finished models and finished f
 
 from __future__ import annotations
 
-import argparse
-
-from noduleclip.commands.preprocess import add_view_options, view_config
+from noduleclip.commands.preprocess import add_view_options
+from noduleclip.commands.train import add_train_options, train_config
 
 NOT_AN_OPTION = ("tuning",)  # each ablation model sets its own
 HIDDEN_SETTINGS = ("tuning", "cache", "progress", "workers", "threads")  # not in the report: no effect on numbers
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def register(sub) -> None:
     from noduleclip.ablate.runner import MODELS
-    from noduleclip.train.config import TrainConfig, cli_fields
 
     p = sub.add_parser(
         "ablate", help="train the ablation models on shared splits and compare them (Table 4)",
@@ -38,18 +32,7 @@ def register(sub) -> None:
                    help="model the pairwise tests compare against (default %(default)s; the first model when absent)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level marked in the table (default "
                    "%(default)s)")
-    defaults = TrainConfig()
-    g = p.add_argument_group("training (as `noduleclip train`)")
-    for f in cli_fields():
-        if f.name in NOT_AN_OPTION:
-            continue
-        default, meta = getattr(defaults, f.name), f.metadata
-        help_text = meta["help"].replace("%", "%%") + (" (default %(default)s)" if default is not None else "")
-        if isinstance(default, bool):
-            g.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        else:
-            g.add_argument(_flag(f.name), type=meta.get("type", type(default)), default=default,
-                           choices=meta.get("choices"), help=help_text)
+    add_train_options(p.add_argument_group("training (as `noduleclip train`)"), skip=NOT_AN_OPTION)
     add_view_options(p)
     p.set_defaults(func=run)
 
@@ -59,13 +42,11 @@ def run(args) -> int:
     from noduleclip.ablate.runner import parse_models, run_ablation
     from noduleclip.ablate.tables import ablation_table, format_table, read_model_scores
     from noduleclip.errors import InputError
-    from noduleclip.train.config import TrainConfig, cli_fields
 
     if not 0 < args.alpha < 1:
         raise InputError(f"--alpha {args.alpha} is not a significance level in (0, 1); use e.g. 0.05")
     models = parse_models(args.models)
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in cli_fields() if f.name not in NOT_AN_OPTION},
-                         views=view_config(args))
+    config = train_config(args, skip=NOT_AN_OPTION)
     result = run_ablation(args.manifest, args.out, config, models)
     reference = args.reference if args.reference in models else models[0]
     if reference != args.reference:

@@ -18,8 +18,6 @@ def _flag(name: str) -> str:
 
 
 def register(sub) -> None:
-    from noduleclip.train.config import TrainConfig, cli_fields
-
     p = sub.add_parser(
         "train", help="train the fold models of a manifest and evaluate their ensemble",
         description="Hold out a test set of patients, train one model per patient-level cross-validation fold "
@@ -28,25 +26,40 @@ def register(sub) -> None:
     )
     p.add_argument("manifest", help="nodule manifest CSV (patient_id, nodule_id, image, coordinates, label, ...)")
     p.add_argument("--out", required=True, help="run folder (created, or resumed when it holds a run)")
-    defaults = TrainConfig()
-    g = p.add_argument_group("training")
-    for f in cli_fields():
-        default, meta = getattr(defaults, f.name), f.metadata
-        help_text = meta["help"].replace("%", "%%") + (" (default %(default)s)" if default is not None else "")
-        if isinstance(default, bool):
-            g.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        else:
-            g.add_argument(_flag(f.name), type=meta.get("type", type(default)), default=default,
-                           choices=meta.get("choices"), help=help_text)
+    add_train_options(p.add_argument_group("training"))
     add_view_options(p)
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from noduleclip.train import train_run
+def add_train_options(group, skip: tuple[str, ...] = ()) -> None:
+    """One option per TrainConfig setting (its help, default, type and choices), except those in `skip`."""
     from noduleclip.train.config import TrainConfig, cli_fields
 
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in cli_fields()}, views=view_config(args))
+    defaults = TrainConfig()
+    for f in cli_fields():
+        if f.name in skip:
+            continue
+        default, meta = getattr(defaults, f.name), f.metadata
+        help_text = meta["help"].replace("%", "%%") + (" (default %(default)s)" if default is not None else "")
+        if isinstance(default, bool):
+            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            group.add_argument(_flag(f.name), type=meta.get("type", type(default)), default=default,
+                               choices=meta.get("choices"), help=help_text)
+
+
+def train_config(args, skip: tuple[str, ...] = ()):
+    """The TrainConfig that `add_train_options` arguments (and the view options) describe."""
+    from noduleclip.train.config import TrainConfig, cli_fields
+
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in cli_fields() if f.name not in skip},
+                       views=view_config(args))
+
+
+def run(args) -> int:
+    from noduleclip.train import train_run
+
+    config = train_config(args)
     result = train_run(args.manifest, args.out, config)
     print(result.summary)
     print(f"run folder: {result.run} (metrics.json, predictions.csv, fold models in fold_<k>/best)")

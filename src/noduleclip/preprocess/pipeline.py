@@ -19,7 +19,7 @@ from noduleclip.data.manifest import NoduleManifest, NoduleRecord
 from noduleclip.errors import InputError, NoduleClipError
 from noduleclip.io import Volume, check_looks_like_ct, read_mask, read_volume
 from noduleclip.preprocess.cache import ViewCache
-from noduleclip.preprocess.views import ViewConfig, mask_centroid, sample_planes
+from noduleclip.preprocess.views import mask_centroid, sample_planes
 
 
 def _fmt_point(p) -> str:
@@ -128,10 +128,15 @@ def preprocess_manifest(
             collect(_process_image(records, cache))
     else:
         ctx = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            jobs = [pool.submit(_process_image, records, cache) for records in groups.values()]
-            for job in futures.as_completed(jobs):
-                collect(job.result())
+        try:
+            with futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                jobs = [pool.submit(_process_image, records, cache) for records in groups.values()]
+                for job in futures.as_completed(jobs):
+                    collect(job.result())
+        except futures.process.BrokenProcessPool:
+            raise InputError("a preprocessing worker process died (out of memory, or a script that calls noduleclip "
+                             "without `if __name__ == \"__main__\":`, which worker processes need); guard the "
+                             "script's entry point or pass workers=1") from None
     bar.close()
     return report
 
