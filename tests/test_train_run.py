@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from noduleclip import __version__
 from noduleclip.cli import main as cli_main
@@ -20,6 +21,7 @@ from noduleclip.errors import InputError
 from noduleclip.evaluate.metrics import patient_level
 from noduleclip.preprocess.cache import ViewCache
 from noduleclip.train import SplitPlan, TrainConfig, ensemble_predict, load_run, train_run
+from noduleclip.train.cv import fold_predictions
 from noduleclip.train import loop as loop_module
 
 REPO = Path(__file__).resolve().parents[1]
@@ -327,3 +329,7 @@ def test_training_on_precomputed_frozen_blocks_matches_the_saved_models(cohort, 
         done = json.loads((result.run / f"fold_{k}" / "done.json").read_text())
         risk = ensemble_predict([model], cache.load_many(done["val"]["nodule_id"]))
         assert risk == pytest.approx(done["val"]["probability"], abs=1e-6)
+    # the fold models share their frozen blocks: computed once for all of them, the same predictions
+    views = torch.from_numpy(cache.load_many([r["nodule_id"] for r in read_rows(result.run / "predictions.csv")]))
+    each = np.stack([model.predict_risk(views).numpy() for model in models])
+    assert fold_predictions(models, views, batch_size=3) == pytest.approx(each, abs=1e-6)

@@ -21,7 +21,7 @@ from noduleclip.atomic import write_text
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo (the defaults take about 11 minutes on 2 cores, install excluded)."""
+    """Sizes of the demo (the defaults take about 12 minutes on 2 cores, install excluded)."""
 
     train_patients: int = 150
     external_patients: int = 60
@@ -29,7 +29,7 @@ class DemoConfig:
     backbone: str = "dinov2-s+minilm"
     tuning: str = "lora"
     folds: int = 3
-    epochs: int = 8
+    epochs: int = 7
     batch_size: int = 8
     image_size: int = 112
     lora_image_blocks: int | None = 2  # LoRA in the image tower's top 2 blocks; the 10 below run once per nodule

@@ -255,7 +255,23 @@ def fold_predictions(models: list[NoduleClipModel], views, batch_size: int = 32)
     views = torch.as_tensor(np.asarray(views) if not torch.is_tensor(views) else views, dtype=torch.float32)
     if views.dim() != 4:
         raise InputError(f"views must be an array of shape (nodules, 9, height, width), got {tuple(views.shape)}")
-    return np.stack([predict_risk(model, views, batch_size) for model in models])
+    if not _share_frozen_blocks(models):
+        return np.stack([predict_risk(model, views, batch_size) for model in models])
+    risk = np.empty((len(models), len(views)))
+    for start in range(0, len(views), batch_size):  # the frozen blocks once per batch, then each model's own blocks
+        prefix = models[0].image_prefix(views[start:start + batch_size], batch_size)
+        for k, model in enumerate(models):
+            risk[k, start:start + len(prefix)] = predict_risk(model, prefix, batch_size, prefixed=True)
+    return risk
+
+
+def _share_frozen_blocks(models: list[NoduleClipModel]) -> bool:
+    """Whether the models' image towers have the same frozen bottom blocks (fold models of one run)."""
+    first = models[0]
+    return first.frozen_image_blocks > 0 and all(
+        model.frozen_image_blocks == first.frozen_image_blocks and model.config.backbone == first.config.backbone
+        and model.config.image_size == first.config.image_size
+        and model.config.tower_fingerprint == first.config.tower_fingerprint for model in models)
 
 
 def ensemble_predict(models: list[NoduleClipModel], views, batch_size: int = 32) -> np.ndarray:
