@@ -1,7 +1,8 @@
 """The `noduleclip` command line: one entry point, one module per subcommand.
 
 Each module in `COMMANDS` defines `register(subparsers)`, which adds its parser and sets
-`func` to a function taking the parsed arguments and returning an exit code.
+`func` to a function taking the parsed arguments and returning an exit code. Only the module of the
+command being run is imported (some pull in torch or scikit-learn); `--help` imports them all.
 """
 
 from __future__ import annotations
@@ -15,20 +16,23 @@ import sys
 from noduleclip import __version__
 from noduleclip.errors import NoduleClipError
 
-COMMANDS = (
-    "noduleclip.commands.preprocess",
-    "noduleclip.commands.views",
-    "noduleclip.commands.train",
-    "noduleclip.commands.evaluate",
-    "noduleclip.commands.predict",
-    "noduleclip.commands.synth",
-    "noduleclip.commands.demo",
-    "noduleclip.commands.ablate",
-    "noduleclip.commands.imports",
-)
+COMMANDS = {  # subcommand -> the module that registers it
+    "preprocess": "noduleclip.commands.preprocess",
+    "views": "noduleclip.commands.views",
+    "train": "noduleclip.commands.train",
+    "evaluate": "noduleclip.commands.evaluate",
+    "predict": "noduleclip.commands.predict",
+    "synth": "noduleclip.commands.synth",
+    "demo": "noduleclip.commands.demo",
+    "ablate": "noduleclip.commands.ablate",
+    "import-lidc": "noduleclip.commands.imports",
+    "import-crops": "noduleclip.commands.imports",
+    "import-luna": "noduleclip.commands.imports",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand, or only `command`'s module when it names one."""
     parser = argparse.ArgumentParser(
         prog="noduleclip",
         description="Lung-nodule malignancy from CT with a semantic-guided vision-language model.",
@@ -36,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"noduleclip {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    modules = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
@@ -56,8 +61,10 @@ VALUE_OPTIONS = ("--coord",)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
