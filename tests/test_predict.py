@@ -309,13 +309,6 @@ def test_vision_only_run_has_no_semantic_profile(trained, tmp_path):
     assert png_size(draw_panel(nodule, tmp_path / "panel.png")) == PANEL_SIZE_PX
 
 
-def test_run_format_matches_what_training_writes():
-    from noduleclip.predict import api
-    from noduleclip.train import cv
-
-    assert (api.RUN_FORMAT, api.RUN_FORMAT_VERSION) == (cv.RUN_FORMAT, cv.RUN_FORMAT_VERSION)
-
-
 def test_real_lidc_0001_nodule_centre_and_sr_references(shared_data, trained, tmp_path):
     series = next((shared_data / "lidc-idri-0001").glob("CT_*"))
     volume = read_volume(shared_data / "lidc-idri-0001")

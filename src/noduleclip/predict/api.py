@@ -15,7 +15,6 @@ the towers are built once and each fold's trained weights (adapters, MIL, heads)
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,11 +28,8 @@ from noduleclip.io import Volume
 from noduleclip.predict.calibrate import Calibrator, load_calibrator
 from noduleclip.predict.sites import NoduleSite, locate_nodules, read_image
 from noduleclip.preprocess.views import PLANE_NAMES, sample_planes
+from noduleclip.run_folder import read_run_document
 from noduleclip.semantics.prompts import PAPER, PromptSet, build_prompts
-
-# The run folder format this module reads (as train/cv.py writes it; kept here so that predicting
-# does not import the training stack; a test checks that the two agree).
-RUN_FORMAT, RUN_FORMAT_VERSION = "noduleclip-run", 1
 
 
 @dataclass
@@ -62,30 +58,6 @@ class NodulePrediction:
             "semantic_distribution": self.semantic_distribution, "view_attention": self.view_attention,
             "notes": list(self.notes),
         }
-
-
-def read_run_document(run: Path) -> dict:
-    """A run folder's config.json, refusing a missing, damaged or other-version run with one sentence."""
-    from noduleclip import __version__
-
-    if not run.is_dir():
-        raise InputError(f"run {run} is not a folder; give the --out folder of `noduleclip train`")
-    path = run / "config.json"
-    if not path.is_file():
-        raise InputError(f"run {run} is incomplete: config.json is missing; give the folder of a finished "
-                         "`noduleclip train` run")
-    try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise InputError(f"{path} is not valid JSON; the run folder is damaged, so train it again") from None
-    if document.get("format") != RUN_FORMAT:
-        raise InputError(f"{path} is not a noduleclip run configuration; give the folder of a `noduleclip train` run")
-    version = document.get("format_version")
-    if version != RUN_FORMAT_VERSION:
-        raise InputError(f"run {run} has run format version {version} (written by noduleclip "
-                         f"{document.get('package_version', '?')}), but noduleclip {__version__} reads version "
-                         f"{RUN_FORMAT_VERSION}; predict with that noduleclip version or train the run again")
-    return document
 
 
 def check_run(run: str | os.PathLike) -> dict:

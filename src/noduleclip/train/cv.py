@@ -34,6 +34,7 @@ from noduleclip.errors import InputError
 from noduleclip.model import NoduleClipModel, load_model
 from noduleclip.predict.calibrate import calibrate_run
 from noduleclip.preprocess.cache import ViewCache
+from noduleclip.run_folder import RUN_FORMAT, RUN_FORMAT_VERSION, read_run_document
 from noduleclip.preprocess.pipeline import default_workers, preprocess_manifest
 from noduleclip.semantics import record_features
 from noduleclip.train.config import TrainConfig
@@ -43,8 +44,6 @@ from noduleclip.train.resume import RunLog, remove_partial_writes
 from noduleclip.train.results import brief_scores, format_summary, write_results
 from noduleclip.train.splits import SplitPlan, make_splits
 
-RUN_FORMAT = "noduleclip-run"
-RUN_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -61,24 +60,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _read_document(run: Path) -> dict | None:
-    path = run / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise InputError(f"{path} is not valid JSON; this run folder is damaged, so start a new one") from None
-    if document.get("format") != RUN_FORMAT:
-        raise InputError(f"{path} is not a noduleclip run configuration; choose another --out folder")
-    return document
-
-
 def _check_run_folder(run: Path, config: TrainConfig, manifest_sha: str) -> dict | None:
     """The existing run's config.json document (refusing other options or another manifest), or None for a new run."""
     if run.exists() and not run.is_dir():
         raise InputError(f"--out {run} is a file; give a folder for the run")
-    document = _read_document(run)
+    document = read_run_document(run, missing_ok=True)
     if document is None:
         others = [p.name for p in run.iterdir() if p.name not in ("cache", "splits.csv") and not p.name.startswith(".")] \
             if run.is_dir() else []
@@ -282,7 +268,7 @@ def ensemble_predict(models: list[NoduleClipModel], views, batch_size: int = 32)
 def load_run(run: str | os.PathLike, device: str = "cpu") -> tuple[TrainConfig, list[NoduleClipModel]]:
     """A finished run's configuration and its fold models (each fold's best epoch), in eval mode."""
     run = Path(run)
-    document = _read_document(run)
+    document = read_run_document(run, missing_ok=True)
     if document is None:
         raise InputError(f"{run} is not a noduleclip run folder (no config.json); give the --out folder of a training run")
     config = TrainConfig.from_dict(document["train"])
