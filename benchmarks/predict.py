@@ -50,7 +50,7 @@ def make_run(run: Path, backbone: str, folds: int) -> Path:
     from noduleclip import __version__
     from noduleclip.atomic import write_text
     from noduleclip.model import save_model
-    from noduleclip.predict.api import RUN_FORMAT, RUN_FORMAT_VERSION
+    from noduleclip.run_folder import RUN_FORMAT, RUN_FORMAT_VERSION
     from noduleclip.predict.calibrate import calibrate_run
     from noduleclip.train.config import TrainConfig
     from noduleclip.train.loop import DONE_FILE, build_fold_model
