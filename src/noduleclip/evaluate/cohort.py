@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from noduleclip.atomic import staged_dir, write_text
 from noduleclip.data.manifest import NoduleManifest
@@ -72,7 +71,7 @@ def score_manifest(run: str | os.PathLike, manifest_path: str | os.PathLike, cac
                    workers: int | None = None, progress: bool = True) -> tuple:
     """(run config, fold models, CohortEvaluation with views, fold probabilities and embeddings; no metrics yet),
     cutting the views into `cache_root`."""
-    from noduleclip.train.cv import load_run
+    from noduleclip.train.cv import fold_outputs, load_run
 
     config, models = load_run(run)
     manifest = NoduleManifest.read(manifest_path)
@@ -85,8 +84,7 @@ def score_manifest(run: str | os.PathLike, manifest_path: str | os.PathLike, cac
         raise InputError(f"no nodule of {manifest_path} could be read (first: {first[0]}: {first[1]})")
     ids = [r.nodule_id for r in records]
     views = cache.load_many(ids)
-    tensor = torch.from_numpy(views)
-    predictions = [model.predict(tensor, config.eval_batch_size) for model in models]
+    predictions = fold_outputs(models, views, config.eval_batch_size)
     fold_risk = np.stack([p.risk.detach().cpu().double().numpy() for p in predictions])
     embeds = [p.image_embeds.detach().cpu().double().numpy() for p in predictions]
     labels = np.array([np.nan if r.label is None else float(r.label) for r in records])

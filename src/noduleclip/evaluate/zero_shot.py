@@ -21,7 +21,6 @@ from collections import Counter
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
 from noduleclip.semantics.prompts import ENSEMBLE, PAPER, build_prompts
@@ -71,8 +70,9 @@ def feature_auroc(values: Sequence[str], probabilities: np.ndarray, truth: Seque
 
 def image_embeddings(models: Sequence, views, batch_size: int = 32) -> list[np.ndarray]:
     """Each fold model's unit-norm image embeddings (N, D) of views (N, 9, S, S)."""
-    tensor = torch.as_tensor(np.asarray(views), dtype=torch.float32) if not torch.is_tensor(views) else views
-    return [model.predict(tensor, batch_size).image_embeds.detach().cpu().double().numpy() for model in models]
+    from noduleclip.train.cv import fold_outputs
+
+    return [p.image_embeds.detach().cpu().double().numpy() for p in fold_outputs(list(models), views, batch_size)]
 
 
 def ensemble_probabilities(models: Sequence, embeds_per_fold: Sequence, features: Sequence[str],

@@ -31,7 +31,7 @@ from noduleclip import __version__
 from noduleclip.atomic import write_text
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
-from noduleclip.model import NoduleClipModel, load_model
+from noduleclip.model import NoduleClipModel, Prediction, load_model
 from noduleclip.predict.calibrate import calibrate_run
 from noduleclip.preprocess.cache import ViewCache
 from noduleclip.run_folder import RUN_FORMAT, RUN_FORMAT_VERSION, read_run_document
@@ -39,7 +39,7 @@ from noduleclip.preprocess.pipeline import default_workers, preprocess_manifest
 from noduleclip.semantics import record_features
 from noduleclip.train.config import TrainConfig
 from noduleclip.train.dataset import NoduleDataset, sampling_weights
-from noduleclip.train.loop import FoldData, build_fold_model, device_name, predict_risk, read_done, train_fold
+from noduleclip.train.loop import FoldData, build_fold_model, device_name, read_done, train_fold
 from noduleclip.train.resume import RunLog, remove_partial_writes
 from noduleclip.train.results import brief_scores, format_summary, write_results
 from noduleclip.train.splits import SplitPlan, make_splits
@@ -236,19 +236,28 @@ def _evaluate(run, config, plan, records, position, views, labels, folds, device
     write_results(run, test, validation, config.bootstrap, config.seed)
 
 
-def fold_predictions(models: list[NoduleClipModel], views, batch_size: int = 32) -> np.ndarray:
-    """(number of models, N) image-head malignancy probabilities of each model for views (N, 9, S, S)."""
+def fold_outputs(models: list[NoduleClipModel], views, batch_size: int = 32) -> list[Prediction]:
+    """Each model's image-only `Prediction` (risk, embeddings, attention) for views (N, 9, S, S).
+
+    Fold models of one run share their frozen image blocks: those run once per batch for all of them.
+    """
     views = torch.as_tensor(np.asarray(views) if not torch.is_tensor(views) else views, dtype=torch.float32)
     if views.dim() != 4:
         raise InputError(f"views must be an array of shape (nodules, 9, height, width), got {tuple(views.shape)}")
     if not _share_frozen_blocks(models):
-        return np.stack([predict_risk(model, views, batch_size) for model in models])
-    risk = np.empty((len(models), len(views)))
-    for start in range(0, len(views), batch_size):  # the frozen blocks once per batch, then each model's own blocks
+        return [model.predict(views, batch_size) for model in models]
+    parts: list[list[Prediction]] = [[] for _ in models]
+    for start in range(0, len(views), batch_size):
         prefix = models[0].image_prefix(views[start:start + batch_size], batch_size)
         for k, model in enumerate(models):
-            risk[k, start:start + len(prefix)] = predict_risk(model, prefix, batch_size, prefixed=True)
-    return risk
+            parts[k].append(model.predict(None, batch_size, prefix=prefix))
+    return [Prediction(torch.cat([p.risk for p in chunks]), torch.cat([p.image_embeds for p in chunks]),
+                       torch.cat([p.view_attention for p in chunks])) for chunks in parts]
+
+
+def fold_predictions(models: list[NoduleClipModel], views, batch_size: int = 32) -> np.ndarray:
+    """(number of models, N) image-head malignancy probabilities of each model for views (N, 9, S, S)."""
+    return np.stack([p.risk.detach().cpu().double().numpy() for p in fold_outputs(models, views, batch_size)])
 
 
 def _share_frozen_blocks(models: list[NoduleClipModel]) -> bool:
