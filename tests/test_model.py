@@ -258,3 +258,20 @@ def test_lora_image_blocks_must_fit_the_tower():
 
     with pytest.raises(InputError, match="between 1 and"):
         create_model("tiny", "lora", lora=LoraSettings(image_blocks=3))
+
+
+@pytest.mark.parametrize("tuning", ["lora", "finetune"])
+def test_the_class_token_last_block_equals_the_transformers_forward_and_its_gradients(views, labels, tuning):
+    model = create_model("tiny", tuning)
+    train_one_step(model, views, labels)  # adapters (or weights) away from their start
+    model.eval()
+    pixels = model.view_transform(views[:2])
+    trained = [p for p in model.vision.parameters() if p.requires_grad]
+    ours = model.vision(pixels)
+    reference = model.vision.model(pixel_values=pixels).pooler_output  # every token through every block
+    assert torch.allclose(ours, reference, atol=1e-5)
+    grads_ours = torch.autograd.grad(ours.square().sum(), trained, allow_unused=True)
+    grads_reference = torch.autograd.grad(reference.square().sum(), trained, allow_unused=True)
+    for a, b in zip(grads_ours, grads_reference, strict=True):  # unused (mask token): None in both
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5)
+    assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads_ours) >= len(trained) // 2
