@@ -309,6 +309,20 @@ def test_vision_only_run_has_no_semantic_profile(trained, tmp_path):
     assert png_size(draw_panel(nodule, tmp_path / "panel.png")) == PANEL_SIZE_PX
 
 
+def test_the_profile_lists_only_the_features_the_training_texts_varied(trained, model, tmp_path):
+    document = json.loads((trained.run / "config.json").read_text())
+    assert document["manifest"]["text_features"] == ["consistency", "margins", "pleural_attachment"]
+    nodule = model.predict(trained.nifti, coords=[NODULE_A])[0]
+    assert list(nodule.semantics) == document["manifest"]["text_features"]
+    older = copy_run(trained.run, tmp_path / "older")  # runs written before the list was kept: every feature
+    del document["manifest"]["text_features"]
+    (older / "config.json").write_text(json.dumps(document))
+    profiled = NoduleClip.load(older).predict(trained.nifti, coords=[NODULE_A])[0]
+    assert {"margins", "shape", "cavitation", "reticulation"} <= set(profiled.semantics)
+    assert profiled.semantics["margins"][0] == nodule.semantics["margins"][0]
+    assert profiled.semantics["margins"][1] == pytest.approx(nodule.semantics["margins"][1], abs=1e-6)
+
+
 def test_real_lidc_0001_nodule_centre_and_sr_references(shared_data, trained, tmp_path):
     series = next((shared_data / "lidc-idri-0001").glob("CT_*"))
     volume = read_volume(shared_data / "lidc-idri-0001")

@@ -9,7 +9,8 @@ The risk is the mean of the fold models' image-head probabilities, mapped throug
 (calibrator.json, fitted on the out-of-fold predictions at the end of training); a run without one
 predicts uncalibrated and says so. The semantic profile is zero-shot: the paper's prompts ("This nodule
 margins is spiculated.", "There is cavitation." vs "No findings.") through each fold model's text tower,
-softmax within a feature, averaged over the folds. The fold models share their towers' architecture, so
+softmax within a feature, averaged over the folds; it lists the features that the training texts gave two
+or more values (a feature the run never saw vary would carry no information). The fold models share their towers' architecture, so
 the towers are built once and each fold's trained weights (adapters, MIL, heads) are swapped in turn.
 """
 
@@ -143,7 +144,9 @@ class NoduleClip:
 
         self.run, self.document, self.ensemble, self.calibrator = run, document, ensemble, calibrator
         self.config = TrainConfig.from_dict(document["train"])
-        self.prompts = build_prompts(PAPER) if ensemble.has_text else None
+        # the features the training texts described with two or more values (all of them for older runs)
+        trained = document["manifest"].get("text_features")
+        self.prompts = build_prompts(PAPER, features=trained) if ensemble.has_text and trained != [] else None
         self.timings: dict[str, float] = {}  # seconds per stage of the last prediction
         self.notes = []
         if calibrator is None:
@@ -153,6 +156,8 @@ class NoduleClip:
             self.notes.append(f"uncalibrated: {calibrator.reason}")
         if not ensemble.has_text:
             self.notes.append("no semantic profile: this run is vision-only (it has no text tower)")
+        elif self.prompts is None:
+            self.notes.append("no semantic profile: no semantic feature had two or more values in the training manifest")
         if document.get("model", {}).get("random_init"):
             self.notes.append("RANDOM TOWER WEIGHTS: this run's towers are not pretrained; for tests and timing only")
 

@@ -82,14 +82,19 @@ def _check_run_folder(run: Path, config: TrainConfig, manifest_sha: str) -> dict
     return document
 
 
-def _describe(config: TrainConfig, manifest: NoduleManifest, manifest_sha: str, model: NoduleClipModel) -> dict:
+def _describe(config: TrainConfig, manifest: NoduleManifest, manifest_sha: str, model: NoduleClipModel,
+              features: list[dict]) -> dict:
+    from noduleclip.evaluate.zero_shot import labelled_features
+
     settings = model.config
     return {
         "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "package_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "train": config.to_dict(),
         "manifest": {"path": str(Path(manifest.path).resolve()), "sha256": manifest_sha, "nodules": len(manifest),
-                     "patients": len({r.patient_id for r in manifest})},
+                     "patients": len({r.patient_id for r in manifest}),
+                     # what the texts could teach: features with two or more values (predict profiles these)
+                     "text_features": labelled_features(features) if model.text is not None else []},
         "model": {"backbone": settings.backbone, "tuning": settings.tuning, "image_size": settings.image_size,
                   "random_init": settings.random_init, "weights_source": settings.weights_source,
                   "tower_fingerprint": settings.tower_fingerprint, "trainable_fraction": model.trainable_fraction()},
@@ -173,7 +178,7 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
         accelerator = _accelerator(config)
         main = accelerator.is_main_process
         probe = build_fold_model(config, 0)
-        described = _describe(config, manifest, manifest_sha, probe)
+        described = _describe(config, manifest, manifest_sha, probe, features)
         if document and document["model"]["tower_fingerprint"] != described["model"]["tower_fingerprint"]:
             raise InputError(f"the towers built now ({described['model']['weights_source']}) differ from those run "
                              f"{run} started with; pass the same weights, or choose a new --out folder")
