@@ -94,14 +94,6 @@ def test_dataset_texts_change_with_the_epoch_only_when_augmented():
     again = augmented[0]["text"]
     augmented.set_epoch(2)
     assert augmented[0]["text"] == again and len(texts) > 1
-    focused = NoduleDataset(views, records, seed=0, fold=0, augment_text=True, text_focus=1.0)
-    words = {}
-    for name, dataset in (("focused", focused), ("augmented", augmented)):
-        words[name] = []
-        for epoch in range(8):
-            dataset.set_epoch(epoch)
-            words[name].append(len(dataset[0]["text"].split()))
-    assert np.mean(words["focused"]) < 0.8 * np.mean(words["augmented"])  # 1-3 of the 4 findings
     plain = NoduleDataset(views, records, seed=0, fold=0, augment_text=False)
     plain_texts = set()
     for epoch in range(4):
@@ -177,7 +169,5 @@ def test_config_round_trips_and_names_the_settings_that_differ():
     assert config.differences(other) == ["epochs: 3 -> 4"]  # speed/housekeeping settings are not compared
     with pytest.raises(InputError, match="sampler"):
         TrainConfig(sampler="rare").validate()
-    with pytest.raises(InputError, match="text focus 1.5 is a probability"):
-        TrainConfig(text_focus=1.5).validate()
     with pytest.raises(InputError, match="unknown settings"):
         TrainConfig.from_dict({"epochs": 2, "warmup": 1})

@@ -1,14 +1,8 @@
-"""Training-time text augmentation: synonym substitution, sentence reordering, dropping or focusing findings.
+"""Training-time text augmentation: synonym substitution, sentence reordering, dropping a finding.
 
 The report generator already varies wording and order with its seed; `Augmentation` adds the
-synonym table, the chance to drop one finding and the chance to focus the text on a few findings.
-`augment_text` does the same to any text (a real report, a user generator's output): it reorders
-sentences, may drop one or keep only a few, and substitutes synonyms.
-
-Focused texts name one to three findings, as a zero-shot prompt names one. A full report can be told
-apart from the other texts of a batch by its most visible findings (size, pleural attachment), so the
-contrastive loss alone teaches little about the subtle ones; a text that says only "part-solid
-consistency" must be matched to the part-solid image of the batch.
+synonym table and the chance to drop one finding. `augment_text` does the same to any text (a real
+report, a user generator's output): it reorders sentences, may drop one, and substitutes synonyms.
 """
 
 from __future__ import annotations
@@ -32,18 +26,6 @@ class Augmentation:
     drop_prob: float = 0.3  # chance that one finding (or sentence) is left out
     reorder: bool = True  # shuffle sentences of given text (generated text is always seed-ordered)
     keep_first: bool = True  # augment_text keeps the first sentence (usually the nodule's size) in place
-    focus_prob: float = 0.0  # chance that the text names only 1 to FOCUS_MAX of its findings (sentences)
-
-
-FOCUS_MAX = 3
-
-
-def focus(items: list, rng: random.Random, augmentation: Augmentation) -> list:
-    """`items` (findings or sentences), or with chance `focus_prob` 1 to FOCUS_MAX of them in their order."""
-    if augmentation.focus_prob <= 0 or len(items) < 2 or rng.random() >= augmentation.focus_prob:
-        return items
-    kept = set(rng.sample(range(len(items)), rng.randint(1, min(FOCUS_MAX, len(items)))))
-    return [item for i, item in enumerate(items) if i in kept]
 
 
 def make_rng(seed: Seed) -> random.Random:
@@ -92,7 +74,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 def augment_text(text: str, seed: Seed, augmentation: Augmentation) -> str:
-    """Any report-like text augmented: sentences reordered, one perhaps dropped or a few kept, synonyms substituted."""
+    """Any report-like text augmented: sentences reordered, one perhaps dropped, synonyms substituted."""
     rng = make_rng(seed)
     sentences = split_sentences(text)
     head = sentences[:1] if augmentation.keep_first else []
@@ -101,5 +83,4 @@ def augment_text(text: str, seed: Seed, augmentation: Augmentation) -> str:
         rng.shuffle(rest)
     if rest and len(head) + len(rest) > 1 and rng.random() < augmentation.drop_prob:
         rest.pop(rng.randrange(len(rest)))
-    rest = focus(rest, rng, augmentation)
     return substitute_synonyms(" ".join(head + rest), rng, augmentation.synonym_prob)

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from noduleclip.semantics.augment import Augmentation, Seed, focus, make_rng, substitute_synonyms
+from noduleclip.semantics.augment import Augmentation, Seed, make_rng, substitute_synonyms
 from noduleclip.semantics.phrases import phrasing
 from noduleclip.semantics.schema import NEGATIVE_VALUES, SUSPICION, text_features, validate_features
 
@@ -187,8 +187,6 @@ def generate_report(
     size_first, negatives_apart = rng.random() < 0.7, rng.random() < 0.6
     if augmentation and found and rng.random() < augmentation.drop_prob:
         found.pop(rng.randrange(len(found)))
-    if augmentation:
-        found = focus(found, rng, augmentation)
     display = {id(f): i for i, f in enumerate(found)}
     chosen: list[Finding] = []
     for finding in sorted(found, key=_rank):

@@ -59,8 +59,6 @@ class TrainConfig:
     sampler: str = _option("semantic", "training sampler: rare semantic features, balanced classes, or plain shuffling",
                            choices=SAMPLERS)
     text_augmentation: bool = _option(True, "vary the wording of the training texts every epoch")
-    text_focus: float = _option(0.0, "with text augmentation, the chance that a training text names only 1-3 of its "
-                                "findings, as a zero-shot prompt names one")
     mixed_precision: str = _option("no", "autocast precision (fp16 needs a CUDA GPU; bf16 runs on GPUs and recent CPUs)",
                                    choices=MIXED_PRECISION)
     # evaluation
@@ -97,7 +95,6 @@ class TrainConfig:
             (self.lora_image_blocks is None or self.lora_image_blocks >= 1,
              f"LoRA image blocks {self.lora_image_blocks} must be at least 1"),
             (0 <= self.lora_dropout < 1 and 0 <= self.projection_dropout < 1, "dropout rates must be in [0, 1)"),
-            (0 <= self.text_focus <= 1, f"text focus {self.text_focus} is a probability: it must be in [0, 1]"),
             (self.workers is None or self.workers >= 0, f"workers={self.workers} must not be negative"),
             (self.threads is None or self.threads >= 1, f"threads={self.threads} must be at least 1"),
         ]

@@ -206,7 +206,7 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
                 train_records = [records[i] for i in train_at]
                 data = FoldData(
                     train=NoduleDataset(inputs[train_at], train_records, config.seed, k, config.text_augmentation,
-                                        with_text=config.tuning != "vision-only", text_focus=config.text_focus),
+                                        with_text=config.tuning != "vision-only"),
                     train_weights=sampling_weights(config.sampler, train_records, [features[i] for i in train_at]),
                     val_ids=val_ids, val_views=inputs[val_at], val_labels=labels[val_at], prefixed=prefixed)
                 done = train_fold(k, config, data, folder, log, accelerator, config.folds)

@@ -120,17 +120,16 @@ class NoduleDataset(Dataset):
     """Items {views (9, S, S), text, label (1, 0, -1 unknown), index} of the given records.
 
     `views` holds the records' views in the same order. `with_text=False` skips text generation
-    (vision-only models); `text_focus` is the augmentation's chance of naming only a few findings.
-    Call `set_epoch` so that augmented texts change with the epoch.
+    (vision-only models). Call `set_epoch` so that augmented texts change with the epoch.
     """
 
     def __init__(self, views: torch.Tensor, records: Sequence[NoduleRecord], seed: int = 0, fold: int = 0,
-                 augment_text: bool = True, with_text: bool = True, text_focus: float = 0.0):
+                 augment_text: bool = True, with_text: bool = True):
         if len(views) != len(records):
             raise ValueError(f"{len(views)} view stacks for {len(records)} records")
         self.views, self.records = views, list(records)
         self.seed, self.fold, self.augment, self.with_text = seed, fold, augment_text, with_text
-        self.text_config = TextConfig(augmentation=Augmentation(focus_prob=text_focus) if augment_text else None)
+        self.text_config = TextConfig(augmentation=Augmentation() if augment_text else None)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
