@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,24 +19,28 @@ import numpy as np
 from noduleclip.atomic import write_text
 
 
+def _size(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class DemoConfig:
     """Sizes of the demo (the defaults take about 12 minutes on 2 cores, install excluded)."""
 
-    train_patients: int = 150
-    external_patients: int = 60
-    external_preset: str = "contrast"
-    backbone: str = "dinov2-s+minilm"
-    tuning: str = "lora"
-    folds: int = 3
-    epochs: int = 7
-    batch_size: int = 8
-    image_size: int = 112
-    lora_image_blocks: int | None = 2  # LoRA in the image tower's top 2 blocks; the 10 below run once per nodule
-    lr: float = 1e-3  # a few-epoch CPU schedule needs a larger step than the paper's 1e-4
-    seed: int = 0
-    workers: int = 2
-    random_init: bool = False  # tests only: the tiny backbone has no pretrained weights
+    train_patients: int = _size(150, "synthetic screening (low-dose) patients for training and the internal test")
+    external_patients: int = _size(60, "synthetic patients of the external cohort")
+    external_preset: str = _size("contrast", "acquisition preset of the external cohort (diagnostic, contrast, thick)")
+    backbone: str = _size("dinov2-s+minilm", "backbone from the registry")
+    tuning: str = _size("lora", "what trains: lora, probe, finetune or vision-only")
+    folds: int = _size(3, "cross-validation folds")
+    epochs: int = _size(7, "epochs per fold")
+    batch_size: int = _size(8, "nodules per training step")
+    image_size: int = _size(112, "encoder input size in pixels")
+    lora_image_blocks: int | None = _size(2, "LoRA in the image tower's top N blocks (the rest are computed once)")
+    lr: float = _size(1e-3, "AdamW learning rate (a few-epoch CPU schedule needs a larger step than the paper's 1e-4)")
+    seed: int = _size(0, "seed of the cohorts, splits and training")
+    workers: int = _size(2, "processes for the cohorts and preprocessing")
+    random_init: bool = _size(False, "tests only: the tiny backbone has no pretrained weights")
 
 
 def _cohort(folder: Path, patients: int, seed: int, preset: str, workers: int) -> Path:

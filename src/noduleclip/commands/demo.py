@@ -19,7 +19,7 @@ def register(sub) -> None:
         if f.name == "random_init":
             continue
         p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name), help="(default %(default)s)")
+                       default=getattr(defaults, f.name), help=f.metadata["help"] + " (default %(default)s)")
     p.set_defaults(func=run)
 
 
