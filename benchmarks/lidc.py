@@ -1,6 +1,6 @@
 """Real-data benchmark: the ablation models on the 665 LIDC-IDRI nodule crops, on the same patient-level folds.
 
-    .venv/bin/python benchmarks/lidc.py                          # CPU defaults: 5 folds, 4 epochs, 112 px
+    .venv/bin/python benchmarks/lidc.py                          # CPU defaults: 5 folds, 6 epochs, 112 px
     .venv/bin/python benchmarks/lidc.py --quick --out /tmp/q     # smoke run: tiny random towers, ~40 crops
 
 Needs ../shared/data (real LIDC-IDRI). Protocol: 5-fold patient-level cross-validation on all 370 patients
@@ -42,7 +42,7 @@ from noduleclip.train.resume import RunLog
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-FULL = dict(backbone="dinov2-s+minilm", folds=5, epochs=4, image_size=112, lora_image_blocks=2, bootstrap=1000)
+FULL = dict(backbone="dinov2-s+minilm", folds=5, epochs=6, image_size=112, lora_image_blocks=2, bootstrap=1000)
 QUICK = dict(backbone="tiny", folds=2, epochs=1, image_size=28, lora_image_blocks=1, bootstrap=50)
 QUICK_PATIENTS, QUICK_XML_FILES = 10, 150  # per class; XML files read in --quick
 REFERENCES = {"diameter alone": 0.88, "LIDC characteristics + diameter LR": 0.93,
@@ -301,7 +301,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"{num(xml['pooled_auroc'])}; AUPRC pooled {num(xml['pooled_auprc'])}; features {', '.join(xml['features'])}")
     print("\ngoals and references (AUROC)")
     for model in (m for m in results if m != "semantic"):
-        print(f"  {model}: pooled out-of-fold {num(results[model]['nodule']['auroc'])} (goal >= {GOALS['image-only AUROC']})")
+        folds = results[model]["folds"]
+        print(f"  {model}: mean over folds {spread([f['auroc'] for f in folds])} at the best epoch, "
+              f"{spread([f['last_epoch_auroc'] for f in folds])} at the last (no choice on the validation fold); "
+              f"pooled out-of-fold {num(results[model]['nodule']['auroc'])} (goal >= {GOALS['image-only AUROC']})")
     for feature in ("margins", "consistency"):
         row = next((r for r in (zero_shot or {}).get("pooled", []) if r["feature"] == feature), None)
         print(f"  zero-shot {feature}: {num(row and row['auroc'][PAPER])} paper's prompts, "
