@@ -86,9 +86,13 @@ class VisionTower(nn.Module):
             hidden = block(hidden, None)
         if start < len(blocks):
             hidden = self._class_token_block(blocks[-1], hidden)
+        return self.pool(hidden)
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, D) embeddings from the last block's output: its class token, normalised (and projected: CLIP)."""
         if self.family == "clip":
             return self.model.visual_projection(self.model.vision_model.post_layernorm(hidden[:, 0]))
-        return self.model.layernorm(hidden[:, :1])[:, 0]
+        return self.model.layernorm(hidden[:, 0])
 
     def _class_token_block(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """(N, 1, width): one transformer block's output for the class token (position 0) alone."""
