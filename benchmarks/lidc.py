@@ -155,31 +155,11 @@ def same_fold_baselines(manifest: NoduleManifest, plan) -> dict:
 
 def lora_zero_shot(run: Path, manifest: NoduleManifest, plan, config: TrainConfig) -> dict:
     """Zero-shot feature AUROC of each fold's model on its own validation nodules, per fold and pooled."""
-    import torch
-
-    from noduleclip.evaluate.zero_shot import STYLES, ensemble_probabilities, labelled_features, zero_shot_rows
-    from noduleclip.evaluate.zero_shot import zero_shot_table
-    from noduleclip.model import load_model
+    from noduleclip.evaluate.zero_shot import out_of_fold_zero_shot
     from noduleclip.preprocess.cache import ViewCache
 
-    by_id = {r.nodule_id: r for r in manifest}
     cache = ViewCache(Path(config.cache), config.views, create=False)
-    features = labelled_features([by_id[n] for k in range(plan.n_folds) for n in plan.fold(k)[1]])
-    folds, pooled_records, parts = [], [], {s: {} for s in STYLES}
-    for k in range(plan.n_folds):
-        val_ids = plan.fold(k)[1]
-        records = [by_id[n] for n in val_ids]
-        model = load_model(run / f"fold_{k}" / "best")
-        views = torch.from_numpy(cache.load_many(val_ids))
-        prefix = model.image_prefix(views, config.eval_batch_size) if model.frozen_image_blocks else None
-        embeds = model.predict(views, config.eval_batch_size, prefix=prefix).image_embeds.double().numpy()
-        folds.append({"fold": k, "rows": zero_shot_table([model], [embeds], records)})
-        for style in STYLES:
-            for feature, (values, p) in ensemble_probabilities([model], [embeds], features, style).items():
-                parts[style].setdefault(feature, (values, []))[1].append(p)
-        pooled_records += records
-    probabilities = {s: {f: (v, np.concatenate(p)) for f, (v, p) in by_feature.items()} for s, by_feature in parts.items()}
-    return {"folds": folds, "pooled": zero_shot_rows(probabilities, pooled_records)}
+    return out_of_fold_zero_shot(run, list(manifest), plan, cache, config.eval_batch_size)
 
 
 def xml_semantic(source: Path, folds: int, seed: int) -> dict:
