@@ -43,7 +43,8 @@ class DemoConfig:
     random_init: bool = _size(False, "tests only: the tiny backbone has no pretrained weights")
 
 
-def _cohort(folder: Path, patients: int, seed: int, preset: str, workers: int) -> Path:
+def synthetic_cohort(folder: Path, patients: int, seed: int, preset: str, workers: int) -> Path:
+    """The manifest of a synthetic cohort in `folder`, made there unless one of that size and seed is already there."""
     from noduleclip.synth import make_cohort
 
     manifest = folder / "manifest.csv"
@@ -76,9 +77,10 @@ def run_demo(out: str | os.PathLike, config: DemoConfig = DemoConfig()) -> dict:
     start = time.perf_counter()
     print(f"1/4 synthetic cohorts: {config.train_patients} screening patients for training, "
           f"{config.external_patients} {config.external_preset} patients as the external cohort")
-    internal = _cohort(out / "cohort-screening", config.train_patients, config.seed, "screening", config.workers)
-    external = _cohort(out / f"cohort-{config.external_preset}", config.external_patients, config.seed + 1,
-                       config.external_preset, config.workers)
+    internal = synthetic_cohort(out / "cohort-screening", config.train_patients, config.seed, "screening",
+                                config.workers)
+    external = synthetic_cohort(out / f"cohort-{config.external_preset}", config.external_patients, config.seed + 1,
+                                config.external_preset, config.workers)
     print(f"2/4 training {config.backbone} ({config.tuning}), {config.folds} folds x up to {config.epochs} epochs "
           f"at {config.image_size} px")
     train = TrainConfig(backbone=config.backbone, tuning=config.tuning, folds=config.folds, epochs=config.epochs,
