@@ -48,3 +48,20 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     log = (tmp_path / "run" / "log.jsonl").read_text()
     run_demo(tmp_path, config)  # a second run reuses the cohorts and the finished folds
     assert (tmp_path / "run" / "log.jsonl").read_text() == log
+
+
+def test_demo_refuses_an_unknown_precision_before_writing_anything(tmp_path, capsys):
+    from noduleclip.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "d"), "--mixed-precision", "fp16"]) == 2
+    assert "mixed precision 'fp16' is not one of auto, no, bf16" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it():
+    from noduleclip.train.config import native_bf16
+
+    assert native_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert native_bf16("flags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    assert not native_bf16("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert not native_bf16("processor\t: 0\n")  # no flags line (another OS's format): stay in float32

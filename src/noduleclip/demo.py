@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from noduleclip.atomic import write_text
+from noduleclip.errors import InputError
 
 
 def _size(default, help: str):
@@ -39,6 +40,8 @@ class DemoConfig:
     lora_image_blocks: int | None = _size(2, "LoRA in the image tower's top N blocks (the rest are computed once)")
     lr: float = _size(1e-3, "AdamW learning rate (a few-epoch CPU schedule needs a larger step than the paper's 1e-4)")
     seed: int = _size(0, "seed of the cohorts, splits and training")
+    mixed_precision: str = _size("auto", "autocast precision: no, bf16, or auto (bf16 where the CPU or GPU computes it "
+                                 "natively, about 1.5x faster; else no)")
     workers: int = _size(2, "processes for the cohorts and preprocessing")
     random_init: bool = _size(False, "tests only: the tiny backbone has no pretrained weights")
 
@@ -72,9 +75,13 @@ def run_demo(out: str | os.PathLike, config: DemoConfig = DemoConfig()) -> dict:
     from noduleclip.evaluate.cohort import evaluate_manifest
     from noduleclip.plots import plot_roc_pr
     from noduleclip.train import TrainConfig, train_run
+    from noduleclip.train.config import native_bf16
 
     out = Path(out)
     start = time.perf_counter()
+    if config.mixed_precision not in ("auto", "no", "bf16"):
+        raise InputError(f"mixed precision {config.mixed_precision!r} is not one of auto, no, bf16")
+    precision = config.mixed_precision if config.mixed_precision != "auto" else ("bf16" if native_bf16() else "no")
     print(f"1/4 synthetic cohorts: {config.train_patients} screening patients for training, "
           f"{config.external_patients} {config.external_preset} patients as the external cohort")
     internal = synthetic_cohort(out / "cohort-screening", config.train_patients, config.seed, "screening",
@@ -82,10 +89,10 @@ def run_demo(out: str | os.PathLike, config: DemoConfig = DemoConfig()) -> dict:
     external = synthetic_cohort(out / f"cohort-{config.external_preset}", config.external_patients, config.seed + 1,
                                 config.external_preset, config.workers)
     print(f"2/4 training {config.backbone} ({config.tuning}), {config.folds} folds x up to {config.epochs} epochs "
-          f"at {config.image_size} px")
+          f"at {config.image_size} px" + (", bf16 autocast" if precision == "bf16" else ""))
     train = TrainConfig(backbone=config.backbone, tuning=config.tuning, folds=config.folds, epochs=config.epochs,
                         batch_size=config.batch_size, image_size=config.image_size, lr=config.lr, seed=config.seed,
-                        lora_image_blocks=config.lora_image_blocks,
+                        lora_image_blocks=config.lora_image_blocks, mixed_precision=precision,
                         workers=config.workers, random_init=config.random_init)
     result = train_run(internal, out / "run", train)
     print(f"3/4 the fold ensemble on the external {config.external_preset} cohort")

@@ -22,6 +22,26 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 RESULT_NEUTRAL = frozenset({"workers", "cache", "threads", "progress", "eval_batch_size"})
 
 
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this machine computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX.
+
+    There autocast to bf16 makes a training step about 1.5x faster (benchmarks/mixed_precision.py); elsewhere
+    the CPU emulates bf16 and is slower than float32. `cpuinfo`: the text of /proc/cpuinfo (read when None).
+    """
+    import torch
+
+    if cpuinfo is None:
+        if torch.cuda.is_available():
+            return torch.cuda.is_bf16_supported()
+        try:
+            with open("/proc/cpuinfo") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[-1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _option(default: Any, help: str, **extra) -> Any:
     """A dataclass field whose metadata holds the command-line help (and optional choices/type)."""
     return field(default=default, metadata={"help": help, **extra})

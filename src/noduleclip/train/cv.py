@@ -131,11 +131,17 @@ def _views(manifest: NoduleManifest, config: TrainConfig, run: Path, accelerator
 
 def _accelerator(config: TrainConfig):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
     cuda = torch.cuda.is_available()
     if config.mixed_precision == "fp16" and not cuda:
         raise InputError("mixed precision fp16 needs a CUDA GPU; use --mixed-precision no (or bf16)")
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != config.mixed_precision and not (
+            torch.distributed.is_available() and torch.distributed.is_initialized()):
+        # accelerate keeps one precision per process; a single process may train runs of either precision in turn
+        AcceleratorState._reset_state()
     # a fine-tuned tower has weights that a forward pass never uses (e.g. DINOv2's mask token)
     unused = DistributedDataParallelKwargs(find_unused_parameters=config.tuning == "finetune")
     return Accelerator(cpu=not cuda, mixed_precision=config.mixed_precision, kwargs_handlers=[unused],
@@ -192,7 +198,11 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
         views = _views(manifest, config, run, accelerator)
         # frozen bottom blocks of the image tower (probing, or LoRA on the top blocks): their output once per nodule
         prefixed = probe.frozen_image_blocks > 0 and any(read_done(run / f"fold_{k}") is None for k in range(config.folds))
-        inputs = probe.image_prefix(views, config.eval_batch_size, progress=config.progress and main) if prefixed else views
+        if prefixed:  # under the run's autocast, as the training steps; kept in float32
+            with accelerator.autocast():
+                inputs = probe.image_prefix(views, config.eval_batch_size, progress=config.progress and main).float()
+        else:
+            inputs = views
         del probe
         records, position = manifest.records, {r.nodule_id: i for i, r in enumerate(manifest)}
         labels = np.array([np.nan if r.label is None else r.label for r in records], dtype=float)
