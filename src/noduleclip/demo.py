@@ -41,7 +41,7 @@ class DemoConfig:
     lr: float = _size(1e-3, "AdamW learning rate (a few-epoch CPU schedule needs a larger step than the paper's 1e-4)")
     seed: int = _size(0, "seed of the cohorts, splits and training")
     mixed_precision: str = _size("auto", "autocast precision: no, bf16, or auto (bf16 where the CPU or GPU computes it "
-                                 "natively, about 1.5x faster; else no)")
+                                 "natively, about 1.4x faster; else no)")
     workers: int = _size(2, "processes for the cohorts and preprocessing")
     random_init: bool = _size(False, "tests only: the tiny backbone has no pretrained weights")
 

@@ -25,7 +25,7 @@ RESULT_NEUTRAL = frozenset({"workers", "cache", "threads", "progress", "eval_bat
 def native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this machine computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX.
 
-    There autocast to bf16 makes a training step about 1.5x faster (benchmarks/mixed_precision.py); elsewhere
+    There autocast to bf16 makes a training step about 1.4x faster (benchmarks/mixed_precision.py); elsewhere
     the CPU emulates bf16 and is slower than float32. `cpuinfo`: the text of /proc/cpuinfo (read when None).
     """
     import torch
