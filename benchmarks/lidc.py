@@ -157,9 +157,10 @@ def lora_zero_shot(run: Path, manifest: NoduleManifest, plan, config: TrainConfi
     """Zero-shot feature AUROC of each fold's model on its own validation nodules, per fold and pooled."""
     from noduleclip.evaluate.zero_shot import out_of_fold_zero_shot
     from noduleclip.preprocess.cache import ViewCache
+    from noduleclip.train.cv import load_run
 
     cache = ViewCache(Path(config.cache), config.views, create=False)
-    return out_of_fold_zero_shot(run, list(manifest), plan, cache, config.eval_batch_size)
+    return out_of_fold_zero_shot(load_run(run)[1], list(manifest), plan, cache, config.eval_batch_size)
 
 
 def xml_semantic(source: Path, folds: int, seed: int) -> dict:

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     test_ids = plan.test_ids()
     with torch.inference_mode():
         test_rows = zero_shot_table(models, torch.from_numpy(cache.load_many(test_ids)), [by_id[n] for n in test_ids])
-    oof = out_of_fold_zero_shot(out / "run", records, plan, cache, config.eval_batch_size)
+    oof = out_of_fold_zero_shot(models, records, plan, cache, config.eval_batch_size)
     seconds["zero_shot"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
 

@@ -126,37 +126,35 @@ def zero_shot_table(models: Sequence, embeds_or_views, records: Sequence, styles
     return zero_shot_rows({s: ensemble_probabilities(models, embeds, features, s) for s in styles}, records)
 
 
-def out_of_fold_zero_shot(run, records: Sequence, plan, cache, batch_size: int = 32) -> dict:
-    """Zero-shot AUROC of each fold model of `run` on its own validation nodules: per fold and pooled.
+def out_of_fold_zero_shot(models: Sequence, records: Sequence, plan, cache, batch_size: int = 32) -> dict:
+    """Zero-shot AUROC of each fold model (`models[k]`, e.g. from `load_run`) on its own validation nodules.
 
     `plan` is the run's SplitPlan and `cache` the ViewCache holding the nodules' views. No nodule is
     scored by a model that trained on it; the test nodules are left out (score those with the ensemble).
     Returns {"folds": [{"fold": k, "rows": Table 3 rows}], "pooled": Table 3 rows over all folds}.
     """
-    from pathlib import Path
-
     import torch
-
-    from noduleclip.model import load_model
 
     by_id = {r.nodule_id: r for r in records}
     features = labelled_features([by_id[n] for k in range(plan.n_folds) for n in plan.fold(k)[1]])
     folds, pooled_records, parts = [], [], {s: {} for s in STYLES}
-    for k in range(plan.n_folds):
+    for k, model in enumerate(models):
         val_ids = plan.fold(k)[1]
         fold_records = [by_id[n] for n in val_ids]
-        model = load_model(Path(run) / f"fold_{k}" / "best")
         views = torch.from_numpy(cache.load_many(val_ids))
         prefix = model.image_prefix(views, batch_size) if model.frozen_image_blocks else None
         embeds = model.predict(views, batch_size, prefix=prefix).image_embeds.double().numpy()
-        folds.append({"fold": k, "rows": zero_shot_table([model], [embeds], fold_records)})
-        for style in STYLES:
-            for feature, (values, p) in ensemble_probabilities([model], [embeds], features, style).items():
+        probabilities = {s: ensemble_probabilities([model], [embeds], features, s) for s in STYLES}
+        own = set(labelled_features(fold_records))  # the fold's table: features with two values in its nodules
+        folds.append({"fold": k, "rows": zero_shot_rows(
+            {s: {f: p for f, p in by_feature.items() if f in own} for s, by_feature in probabilities.items()},
+            fold_records)})
+        for style, by_feature in probabilities.items():
+            for feature, (values, p) in by_feature.items():
                 parts[style].setdefault(feature, (values, []))[1].append(p)
         pooled_records += fold_records
-    probabilities = {s: {f: (v, np.concatenate(p)) for f, (v, p) in by_feature.items()}
-                     for s, by_feature in parts.items()}
-    return {"folds": folds, "pooled": zero_shot_rows(probabilities, pooled_records)}
+    pooled = {s: {f: (v, np.concatenate(p)) for f, (v, p) in by_feature.items()} for s, by_feature in parts.items()}
+    return {"folds": folds, "pooled": zero_shot_rows(pooled, pooled_records)}
 
 
 def top_findings(probabilities: Probabilities, i: int, k: int = 3) -> list[str]:
