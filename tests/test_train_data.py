@@ -13,7 +13,8 @@ from noduleclip.data.manifest import NoduleRecord
 from noduleclip.errors import InputError
 from noduleclip.model import NoduleClipLoss, create_model
 from noduleclip.train.config import TrainConfig
-from noduleclip.train.dataset import EpochBatches, NoduleDataset, class_weights, semantic_weights
+from noduleclip.train.dataset import (EpochBatches, NoduleDataset, augmented_variants, class_weights, dihedral_views,
+                                      semantic_weights)
 from noduleclip.train.resume import RunLog, load_resume_state, save_resume_state
 
 
@@ -103,6 +104,61 @@ def test_dataset_texts_change_with_the_epoch_only_when_augmented():
     item = plain[1]
     assert item["label"] == -1 and item["index"] == 1 and item["views"].shape == (9, 50, 50)
     assert NoduleDataset(views, records, with_text=False)[0]["text"] == ""
+
+
+def _square_symmetries(plane: torch.Tensor) -> list[torch.Tensor]:
+    """The eight symmetries of a square plane, written out with numpy as an independent reference."""
+    a = plane.numpy()
+    turns = [np.rot90(a, k) for k in range(4)]
+    return [torch.from_numpy(t.copy()) for t in turns + [np.fliplr(t) for t in turns]]
+
+
+def test_dihedral_views_apply_each_planes_own_symmetry():
+    generator = torch.Generator().manual_seed(0)
+    views = torch.rand(2, 9, 6, 6, generator=generator)  # asymmetric planes: every symmetry gives a new plane
+    codes = torch.arange(18).reshape(2, 9) % 8
+    turned = dihedral_views(views, codes)
+    for n in range(2):
+        for j in range(9):
+            assert torch.equal(turned[n, j], _square_symmetries(views[n, j])[int(codes[n, j])])
+    assert torch.equal(dihedral_views(views, torch.zeros(2, 9, dtype=torch.long)), views)
+    distinct = {tuple(_square_symmetries(views[0, 0])[c].flatten().tolist()) for c in range(8)}
+    assert len(distinct) == 8
+
+
+def test_image_augmentation_varies_with_the_epoch_and_repeats_exactly():
+    records = [_record(2, 1), _record(3, 0)]
+    views = torch.rand(2, 9, 8, 8, generator=torch.Generator().manual_seed(1))
+    augmented = NoduleDataset(views, records, seed=0, fold=0, augment_text=False, augment_images=True)
+    seen = []
+    for epoch in range(4):
+        augmented.set_epoch(epoch)
+        item = augmented[0]["views"]
+        # every plane is one of its own symmetries, and the values are the same ones
+        assert all(any(torch.equal(item[j], s) for s in _square_symmetries(views[0, j])) for j in range(9))
+        seen.append(item)
+    assert not all(torch.equal(seen[0], other) for other in seen[1:])
+    augmented.set_epoch(2)
+    assert torch.equal(augmented[0]["views"], seen[2])
+    plain = NoduleDataset(views, records, augment_text=False)
+    assert torch.equal(plain[0]["views"], views[0])
+
+
+def test_fixed_variants_start_with_the_views_and_an_epoch_reads_one_of_them():
+    views = torch.rand(3, 9, 8, 8, generator=torch.Generator().manual_seed(2))
+    variants = augmented_variants(views, 4, seed=5)
+    assert len(variants) == 4 and torch.equal(variants[0], views)
+    assert all(not torch.equal(v, views) for v in variants[1:])
+    assert all(torch.equal(a, b) for a, b in zip(variants, augmented_variants(views, 4, seed=5)))
+    stacked = torch.stack(variants, 1)  # (N, K, 9, S, S), as the frozen blocks' outputs are held
+    data = NoduleDataset(stacked, [_record(r, 0) for r in range(3)], augment_text=False, variants=True)
+    chosen = set()
+    for epoch in range(12):
+        data.set_epoch(epoch)
+        item = data[1]["views"]
+        k = next(k for k in range(4) if torch.equal(item, variants[k][1]))
+        chosen.add(k)
+    assert chosen == {0, 1, 2, 3}
 
 
 def _step(model, optimizer, seed):

@@ -317,10 +317,13 @@ def test_vision_only_training_has_no_text_losses(cohort, tmp_path):
     assert all(model.text is None for model in models)
 
 
-def test_training_on_precomputed_frozen_blocks_matches_the_saved_models(cohort, tmp_path):
-    """LoRA on the top image block only: the blocks below run once per nodule, and the validation predictions
-    made that way during training are those the saved fold models give on the views."""
-    config = TrainConfig(**{**BASE, "epochs": 1, "lora_image_blocks": 1}, cache=str(cohort[1]))
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
+def test_training_on_precomputed_frozen_blocks_matches_the_saved_models(cohort, tmp_path, augment):
+    """LoRA on the top image block only: the blocks below run once per nodule (once per augmented version with
+    image augmentation), and the validation predictions made that way during training are those the saved
+    fold models give on the views as they are."""
+    config = TrainConfig(**{**BASE, "epochs": 1, "lora_image_blocks": 1, "image_augmentation": augment},
+                         cache=str(cohort[1]))
     result = train_run(cohort[0], tmp_path / "run", config)
     _, models = load_run(result.run)
     assert all(model.frozen_image_blocks == 1 for model in models)
@@ -333,6 +336,24 @@ def test_training_on_precomputed_frozen_blocks_matches_the_saved_models(cohort, 
     views = torch.from_numpy(cache.load_many([r["nodule_id"] for r in read_rows(result.run / "predictions.csv")]))
     each = np.stack([model.predict_risk(views).numpy() for model in models])
     assert fold_predictions(models, views, batch_size=3) == pytest.approx(each, abs=1e-6)
+
+
+def test_image_augmentation_changes_training_and_repeats_exactly(reference, cohort, tmp_path):
+    """Augmented views (on the fly with every block tuned, as fixed versions over frozen blocks) change what a
+    fold learns from the first step, and the same settings give the same run again."""
+    settings = {**BASE, "epochs": 1, "image_augmentation": True}
+
+    def first_losses(run):
+        return [e["train"]["total"] for e in comparable_log(run) if e["event"] == "epoch"]
+
+    plain = first_losses(reference.run)[:1] + first_losses(reference.run)[2:3]  # epoch 1 of each fold
+    for extra in ({}, {"lora_image_blocks": 1}):
+        runs = [train_run(cohort[0], tmp_path / f"{name}{len(extra)}", TrainConfig(**settings, **extra,
+                                                                                   cache=str(cohort[1])))
+                for name in ("one", "two")]
+        assert_same_results(runs[0].run, runs[1].run)
+        if not extra:
+            assert first_losses(runs[0].run) != pytest.approx(plain, abs=1e-6)
 
 
 def test_bf16_autocast_trains_close_to_float32_and_repeats_exactly(cohort, tmp_path):

@@ -79,6 +79,11 @@ class TrainConfig:
     sampler: str = _option("semantic", "training sampler: rare semantic features, balanced classes, or plain shuffling",
                            choices=SAMPLERS)
     text_augmentation: bool = _option(True, "vary the wording of the training texts every epoch")
+    image_augmentation: bool = _option(False, "turn and mirror each training view at random (the eight symmetries "
+                                       "of a square), as the authors' random flips")
+    augment_variants: int = _option(4, "with frozen bottom image blocks and image augmentation: versions of each "
+                                    "nodule whose frozen-block output is computed once and held in memory (the "
+                                    "first is the nodule as it is); each epoch reads one of them")
     mixed_precision: str = _option("no", "autocast precision (fp16 needs a CUDA GPU; bf16 runs on GPUs and recent CPUs)",
                                    choices=MIXED_PRECISION)
     # evaluation
@@ -111,6 +116,7 @@ class TrainConfig:
             (self.patience >= 0, f"patience {self.patience} must not be negative"),
             (self.bootstrap >= 0, f"bootstrap {self.bootstrap} must not be negative"),
             (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be at least 1"),
+            (self.augment_variants >= 1, f"augment variants {self.augment_variants} must be at least 1"),
             (self.lora_rank >= 1, f"LoRA rank {self.lora_rank} must be at least 1"),
             (self.lora_image_blocks is None or self.lora_image_blocks >= 1,
              f"LoRA image blocks {self.lora_image_blocks} must be at least 1"),

@@ -38,7 +38,7 @@ from noduleclip.run_folder import RUN_FORMAT, RUN_FORMAT_VERSION, read_run_docum
 from noduleclip.preprocess.pipeline import default_workers, preprocess_manifest
 from noduleclip.semantics import record_features
 from noduleclip.train.config import TrainConfig
-from noduleclip.train.dataset import NoduleDataset, sampling_weights
+from noduleclip.train.dataset import NoduleDataset, augmented_variants, sampling_weights
 from noduleclip.train.loop import FoldData, build_fold_model, device_name, read_done, train_fold
 from noduleclip.train.resume import RunLog, remove_partial_writes
 from noduleclip.train.results import brief_scores, format_summary, write_results
@@ -198,11 +198,17 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
         views = _views(manifest, config, run, accelerator)
         # frozen bottom blocks of the image tower (probing, or LoRA on the top blocks): their output once per nodule
         prefixed = probe.frozen_image_blocks > 0 and any(read_done(run / f"fold_{k}") is None for k in range(config.folds))
+        variants = prefixed and config.image_augmentation and config.augment_variants > 1
         if prefixed:  # under the run's autocast, as the training steps; kept in float32
+            copies = augmented_variants(views, config.augment_variants, config.seed) if variants else [views]
             with accelerator.autocast():
-                inputs = probe.image_prefix(views, config.eval_batch_size, progress=config.progress and main).float()
+                prefixes = [probe.image_prefix(v, config.eval_batch_size, progress=config.progress and main).float()
+                            for v in copies]
+            inputs = torch.stack(prefixes, 1) if variants else prefixes[0]
+            del prefixes
         else:
             inputs = views
+        val_inputs = inputs[:, 0] if variants else inputs
         del probe
         records, position = manifest.records, {r.nodule_id: i for i, r in enumerate(manifest)}
         labels = np.array([np.nan if r.label is None else r.label for r in records], dtype=float)
@@ -216,9 +222,10 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
                 train_records = [records[i] for i in train_at]
                 data = FoldData(
                     train=NoduleDataset(inputs[train_at], train_records, config.seed, k, config.text_augmentation,
-                                        with_text=config.tuning != "vision-only"),
+                                        with_text=config.tuning != "vision-only",
+                                        augment_images=config.image_augmentation and not prefixed, variants=variants),
                     train_weights=sampling_weights(config.sampler, train_records, [features[i] for i in train_at]),
-                    val_ids=val_ids, val_views=inputs[val_at], val_labels=labels[val_at], prefixed=prefixed)
+                    val_ids=val_ids, val_views=val_inputs[val_at], val_labels=labels[val_at], prefixed=prefixed)
                 done = train_fold(k, config, data, folder, log, accelerator, config.folds)
             folds.append(done)
         if main:

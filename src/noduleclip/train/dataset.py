@@ -3,7 +3,11 @@
 Views come from the preprocessed cache and are held in memory (nine 50x50 planes are 90 kB a nodule).
 Texts are made per item. With text augmentation the wording changes every epoch, seeded by
 (run seed, fold, epoch, manifest row); without it each nodule always reads the same text. Either
-way a resumed or repeated run reads exactly the same texts.
+way a resumed or repeated run reads exactly the same texts. Image augmentation (off by default) is
+seeded the same way: each of the nine planes is turned by a quarter turn and mirrored at random, the
+eight symmetries of a square, which leave size, margin and density as they were. Where the frozen
+bottom blocks are computed once per nodule, they are computed for a few fixed augmented versions
+instead, and each epoch reads one.
 
 Samplers decide which nodules make up an epoch:
 - `semantic`: nodules with rare semantic feature values come more often (DESIGN.md): a nodule's
@@ -34,7 +38,7 @@ from noduleclip.semantics import Augmentation, TextConfig, record_text
 from noduleclip.semantics.schema import text_features
 
 # Purposes of derived seeds: each random stream of a run gets its own.
-SEED_INIT, SEED_SAMPLER, SEED_DROPOUT, SEED_TEXT = range(4)
+SEED_INIT, SEED_SAMPLER, SEED_DROPOUT, SEED_TEXT, SEED_IMAGE = range(5)
 UNKNOWN_LABEL = -1
 
 
@@ -116,19 +120,53 @@ class EpochBatches:
             yield order[start:start + self.batch_size].tolist()
 
 
+def dihedral_views(views: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Views (..., 9, S, S) with plane j turned by codes[..., j] in 0..7: a quarter turn k = code % 4, then
+    a left-right mirror when code >= 4 (the eight symmetries of a square). Code 0 leaves a plane as it is."""
+    out = views.clone()
+    for code in range(1, 8):
+        chosen = codes == code
+        if bool(chosen.any()):
+            planes = torch.rot90(views[chosen], code % 4, dims=(-2, -1))
+            out[chosen] = planes.flip(-1) if code >= 4 else planes
+    return out
+
+
+def random_view_codes(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Uniform symmetry codes (0..7) of `dihedral_views` for views of leading shape `shape` (..., 9)."""
+    return torch.randint(0, 8, shape, generator=generator)
+
+
+def augmented_variants(views: torch.Tensor, count: int, seed: int) -> list[torch.Tensor]:
+    """`count` versions of views (N, 9, S, S): the views themselves, then copies whose planes are each
+    turned and mirrored at random (seeded by `seed` and the copy's number)."""
+    variants = [views]
+    for v in range(1, count):
+        generator = torch.Generator().manual_seed(derive_seed(seed, SEED_IMAGE, v))
+        variants.append(dihedral_views(views, random_view_codes(tuple(views.shape[:2]), generator)))
+    return variants
+
+
 class NoduleDataset(Dataset):
     """Items {views (9, S, S), text, label (1, 0, -1 unknown), index} of the given records.
 
     `views` holds the records' views in the same order. `with_text=False` skips text generation
     (vision-only models). Call `set_epoch` so that augmented texts change with the epoch.
+
+    Image augmentation, when on, turns and mirrors each of the nine planes at random (seeded by run
+    seed, fold, epoch and row, like the texts). With `variants`, `views` is (N, K, ...): K fixed
+    versions of each nodule (e.g. the frozen blocks' output for K augmented copies) and each epoch
+    reads one of them at random; the planes themselves are then left as they are.
     """
 
     def __init__(self, views: torch.Tensor, records: Sequence[NoduleRecord], seed: int = 0, fold: int = 0,
-                 augment_text: bool = True, with_text: bool = True):
+                 augment_text: bool = True, with_text: bool = True, augment_images: bool = False,
+                 variants: bool = False):
         if len(views) != len(records):
             raise ValueError(f"{len(views)} view stacks for {len(records)} records")
         self.views, self.records = views, list(records)
         self.seed, self.fold, self.augment, self.with_text = seed, fold, augment_text, with_text
+        self.augment_images, self.variants = augment_images, variants
         self.text_config = TextConfig(augmentation=Augmentation() if augment_text else None)
         self.epoch = 0
 
@@ -144,10 +182,21 @@ class NoduleDataset(Dataset):
         keys = (self.fold, self.epoch, record.row) if self.augment else (record.row,)
         return record_text(record, seed=derive_seed(self.seed, SEED_TEXT, *keys), config=self.text_config)
 
+    def image(self, i: int) -> torch.Tensor:
+        """The views (or the chosen fixed version) of item i in the current epoch."""
+        if not (self.augment_images or self.variants):
+            return self.views[i]
+        generator = torch.Generator().manual_seed(
+            derive_seed(self.seed, SEED_IMAGE, self.fold, self.epoch, self.records[i].row))
+        if self.variants:
+            return self.views[i][int(torch.randint(0, self.views.shape[1], (1,), generator=generator))]
+        views = self.views[i]
+        return dihedral_views(views, random_view_codes(tuple(views.shape[:-2]), generator))
+
     def __getitem__(self, i: int) -> dict:
         label = self.records[i].label
         return {
-            "views": self.views[i],
+            "views": self.image(i),
             "text": self.text(i) if self.with_text else "",
             "label": UNKNOWN_LABEL if label is None else int(label),
             "index": i,
