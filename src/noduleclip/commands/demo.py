@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import fields
 
 
@@ -18,8 +19,10 @@ def register(sub) -> None:
     for f in fields(DemoConfig):
         if f.name == "random_init":
             continue
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name), help=f.metadata["help"] + " (default %(default)s)")
+        default = getattr(defaults, f.name)
+        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(default, bool) else dict(type=type(default))
+        p.add_argument("--" + f.name.replace("_", "-"), **kind, default=default,
+                       help=f.metadata["help"] + " (default %(default)s)")
     p.set_defaults(func=run)
 
 
