@@ -199,15 +199,20 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
         # frozen bottom blocks of the image tower (probing, or LoRA on the top blocks): their output once per nodule
         prefixed = probe.frozen_image_blocks > 0 and any(read_done(run / f"fold_{k}") is None for k in range(config.folds))
         variants = prefixed and config.image_augmentation and config.augment_variants > 1
-        if prefixed:  # under the run's autocast, as the training steps; kept in float32
-            copies = augmented_variants(views, config.augment_variants, config.seed) if variants else [views]
-            with accelerator.autocast():
-                prefixes = [probe.image_prefix(v, config.eval_batch_size, progress=config.progress and main).float()
-                            for v in copies]
-            inputs = torch.stack(prefixes, 1) if variants else prefixes[0]
-            del prefixes
-        else:
+        # the frozen blocks run under the run's autocast, as the training steps; their output is kept in float32
+        if not prefixed:
             inputs = views
+        elif not variants:
+            with accelerator.autocast():
+                inputs = probe.image_prefix(views, config.eval_batch_size, progress=config.progress and main).float()
+        else:  # (N, versions, ...), each version written in place: no second copy of all of them at once
+            inputs = None
+            for v, copy in enumerate(augmented_variants(views, config.augment_variants, config.seed)):
+                with accelerator.autocast():
+                    prefix = probe.image_prefix(copy, config.eval_batch_size, progress=config.progress and main)
+                if inputs is None:
+                    inputs = torch.empty((len(views), config.augment_variants, *prefix.shape[1:]))
+                inputs[:, v] = prefix
         val_inputs = inputs[:, 0] if variants else inputs
         del probe
         records, position = manifest.records, {r.nodule_id: i for i, r in enumerate(manifest)}
