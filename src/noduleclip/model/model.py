@@ -20,6 +20,7 @@ from torch import nn
 from .. import __version__
 from ..errors import InputError
 from .backbones import DEFAULT_BACKBONE, BackboneConfig, get_backbone
+from .dropout import use_fast_dropout
 from .heads import ProjectionHead, malignancy_head
 from .mil import AttentionMIL
 from .towers import build_towers, tower_fingerprint
@@ -161,6 +162,7 @@ class NoduleClipModel(nn.Module):
             self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
         self._prompt_cache: dict = {}
         self._apply_tuning()
+        use_fast_dropout(self)  # the same dropout, its CPU masks drawn about four times faster
 
     # -- tuning -------------------------------------------------------------------------------------------
     def _apply_tuning(self) -> None:

@@ -16,6 +16,7 @@ main process writes files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -104,6 +106,14 @@ def _gather_batch(accelerator, output, labels):
     return gathered, accelerator.gather(labels)
 
 
+def _training_attention(accelerator):
+    """The attention kernel of the training steps: on a CPU in bf16 the math one, whose backward pass is
+    about twice as fast there as flash attention's (the frozen blocks and validation keep the default)."""
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16":
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
+
+
 def _schedule(name: str, total_steps: int):
     if name == "cosine":
         return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
@@ -147,7 +157,7 @@ def train_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log
         sums, count = {}, 0
         for batch in loader:
             tokens = network.tokenize(batch["text"]) if with_text else None
-            with accelerator.autocast():
+            with accelerator.autocast(), _training_attention(accelerator):
                 images = dict(views=None, prefix=batch["views"]) if data.prefixed else dict(views=batch["views"])
                 output = model(text=tokens, **images)
             output, labels = _gather_batch(accelerator, output, batch["label"])

@@ -1,0 +1,94 @@
+"""A CPU training step of the demo's model: torch's dropout and attention kernels against ours.
+
+    .venv/bin/python benchmarks/training_step.py            # dinov2-s+minilm at 112 px, bf16, LoRA in the top 2 and 3 blocks
+    .venv/bin/python benchmarks/training_step.py --quick    # the tiny backbone (a smoke run)
+
+Two things make a bf16 training step on a CPU slow that have nothing to do with the matrix products:
+torch's dropout draws its mask with `bernoulli_` (one random number per element; LoRA's dropout masks
+cover every token of nine views three times a block), and flash attention's bf16 backward pass is
+about three times slower there than the math kernel's. The trainer uses `FastDropout` (16 random bits
+per element) and the math attention kernel for its bf16 CPU steps. Every variant runs in this process
+on the same model and inputs, interleaved, best of several repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def _set_dropout(model: nn.Module, fast: bool) -> None:
+    from noduleclip.model.dropout import FastDropout, use_fast_dropout
+
+    if fast:
+        use_fast_dropout(model)
+        return
+    for parent in list(model.modules()):  # back to torch's dropout, the same probabilities
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FastDropout):
+                setattr(parent, name, nn.Dropout(child.p))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from noduleclip.model import NoduleClipLoss, create_model
+    from noduleclip.model.model import LoraSettings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the tiny backbone")
+    parser.add_argument("--nodules", type=int, default=8, help="nodules per training step (default 8: the demo's)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    backbone, size, block_counts = ("tiny", 28, (1,)) if args.quick else ("dinov2-s+minilm", 112, (2, 3))
+    views = torch.rand(args.nodules, 9, 50, 50, generator=torch.Generator().manual_seed(0))
+    texts = ["Spiculated well marginated lung nodule measuring 17 x 13 mm with part-solid consistency, airway "
+             "cut-off, converging vessels, attachment to the pleura and an irregular shape."] * args.nodules
+    labels = torch.tensor([0, 1] * (args.nodules // 2) + [0] * (args.nodules % 2))
+    loss_fn = NoduleClipLoss()
+    variants = {  # name: (fast dropout, math attention)
+        "torch dropout, default attention": (False, False),
+        "fast dropout, default attention": (True, False),
+        "torch dropout, math attention": (False, True),
+        "fast dropout, math attention (ours)": (True, True),
+    }
+    print(f"{backbone} at {size} px, bf16 autocast, {args.nodules} nodules x 9 views; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    for blocks in block_counts:
+        torch.manual_seed(0)
+        model = create_model(backbone, "lora", image_size=size, lora=LoraSettings(rank=8, alpha=8.0, image_blocks=blocks),
+                             random_init=backbone == "tiny")
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            prefix = model.image_prefix(views).float()
+        tokens = model.tokenize(texts)
+
+        def step(fast: bool, math: bool) -> None:
+            _set_dropout(model, fast)
+            kernel = sdpa_kernel(SDPBackend.MATH) if math else contextlib.nullcontext()
+            with torch.autocast("cpu", dtype=torch.bfloat16), kernel:
+                output = model(None, text=tokens, prefix=prefix)
+            loss_fn(output, labels).total.backward()
+            model.zero_grad(set_to_none=True)
+
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for name, flags in variants.items():
+            step(*flags)  # warm-up
+        for _ in range(args.repeats):  # interleaved, so that a busy moment of the machine hits every variant
+            for name, flags in variants.items():
+                start = time.perf_counter()
+                step(*flags)
+                times[name].append(time.perf_counter() - start)
+        best = {name: min(t) for name, t in times.items()}
+        reference = best["torch dropout, default attention"]
+        print(f"\nLoRA in the top {blocks} image block(s)")
+        print(f"{'training step':<38} {'s':>7} {'speed-up':>9}")
+        for name, seconds in best.items():
+            print(f"{name:<38} {seconds:>7.3f} {reference / seconds:>8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
