@@ -1,9 +1,8 @@
-"""Dropout for LoRA inputs whose mask is cheap to draw on a CPU.
+"""Dropout whose mask is cheap to draw on a CPU; the model uses it in place of every `nn.Dropout`.
 
 torch's dropout draws its CPU mask with `bernoulli_`, one random number per element: on a CPU training
 step of the demo's model that was about a fifth of the step, most of it in LoRA's dropout on the
-inputs of Q, K and V (three masks per block over every token of nine views). The model uses
-`FastDropout` wherever it has a dropout module. `FastDropout` reads its
+inputs of Q, K and V (three masks per block over every token of nine views). `FastDropout` reads its
 mask from 16 random bits per element, two elements per 32-bit draw: about four times faster, and the
 same distribution up to a drop probability rounded to a multiple of 1/65536 (exact for 0.25, the
 paper's value), with the kept elements scaled so that the expectation is unchanged. On a GPU it is
