@@ -26,7 +26,7 @@ def _size(default, help: str):
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo (the defaults take about 9 minutes on 2 cores with native bf16, install excluded)."""
+    """Sizes of the demo (the defaults take about 11 minutes on 2 cores with native bf16, install excluded)."""
 
     train_patients: int = _size(150, "synthetic screening (low-dose) patients for training and the internal test")
     external_patients: int = _size(60, "synthetic patients of the external cohort")
@@ -34,7 +34,7 @@ class DemoConfig:
     backbone: str = _size("dinov2-s+minilm", "backbone from the registry")
     tuning: str = _size("lora", "what trains: lora, probe, finetune or vision-only")
     folds: int = _size(3, "cross-validation folds")
-    epochs: int = _size(10, "epochs per fold")
+    epochs: int = _size(20, "most epochs per fold (early stopping, patience 5, usually ends a fold sooner)")
     batch_size: int = _size(8, "nodules per training step")
     image_size: int = _size(112, "encoder input size in pixels")
     lora_image_blocks: int | None = _size(2, "LoRA in the image tower's top N blocks (the rest are computed once)")
