@@ -65,6 +65,9 @@ def feature_weights(logit: pd.Series, X: pd.DataFrame) -> tuple[dict[str, float]
         raise ValueError("every nodule has the same diameter: the weights cannot be put on the cohort's scale")
     fit = LinearRegression().fit(X[varying], logit)
     scale = float(fit.coef_[varying.index(SIZE)] / SIZE_PER_DOUBLING)
+    if scale <= 0:
+        raise ValueError(f"the model's log-odds do not rise with the diameter (size weight {scale * SIZE_PER_DOUBLING:.3g}), "
+                         "so its weights cannot be put on the cohort's scale")
     weights = {c: float(w / scale) for c, w in zip(varying, fit.coef_)}
     fitted = pd.Series(fit.predict(X[varying]), index=X.index)
     return weights, scale, float(fit.score(X[varying], logit)), fitted
@@ -99,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
                              "give the manifest the run was trained on")
         X, truth = design(manifest.loc[scored.nodule_id])
         X.index = scored.index
+        p = scored.probability.clip(1e-6, 1 - 1e-6)
+        weights, scale, r2, fitted = feature_weights(np.log(p / (1 - p)), X)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    p = scored.probability.clip(1e-6, 1 - 1e-6)
-    weights, scale, r2, fitted = feature_weights(np.log(p / (1 - p)), X)
     print(f"{len(X)} nodules; the features explain R^2 = {r2:.3f} of the model's log-odds; "
           f"its size weight is {scale:.3f} x the cohort's")
     print(f"{'feature':52s} {'nodules':>7s} {'model':>7s} {'cohort':>7s}")

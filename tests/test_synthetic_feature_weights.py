@@ -59,3 +59,10 @@ def test_a_manifest_without_features_is_refused_in_one_sentence(tmp_path, capsys
     assert weights_script.main([str(run), str(manifest)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "synthetic cohort" in err and "margins" in err
+
+
+def test_a_model_whose_risk_falls_with_size_is_refused():
+    manifest, logits = cohort(200)
+    X, _ = weights_script.design(manifest)
+    with pytest.raises(ValueError, match="do not rise with the diameter"):
+        weights_script.feature_weights(pd.Series(-logits, index=X.index), X)
