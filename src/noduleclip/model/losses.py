@@ -19,10 +19,12 @@ class LossOutput:
     clip: torch.Tensor
     image: torch.Tensor
     text: torch.Tensor
+    size: torch.Tensor | None = None  # the size head's squared error, when the model has one
 
     def as_floats(self) -> dict[str, float]:
-        """The four values as plain floats, for logs."""
-        return {name: float(getattr(self, name).detach()) for name in ("total", "clip", "image", "text")}
+        """The values as plain floats, for logs."""
+        names = ("total", "clip", "image", "text") + (("size",) if self.size is not None else ())
+        return {name: float(getattr(self, name).detach()) for name in names}
 
 
 def clip_logits(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -60,21 +62,42 @@ class MalignancyLoss(nn.Module):
         return F.cross_entropy(logits[known], labels[known].long(), weight=self.class_weights)
 
 
-class NoduleClipLoss(nn.Module):
-    """clip_weight * InfoNCE + image_weight * CE(image head) + text_weight * CE(text head).
+def log_diameter_target(diameter_mm) -> torch.Tensor:
+    """The size head's target: ln(diameter / 10 mm), NaN where the diameter is unknown (or not positive)."""
+    diameter = torch.as_tensor(diameter_mm, dtype=torch.float32)
+    return torch.where(diameter > 0, torch.log(diameter.clamp_min(1e-6) / 10.0), torch.full_like(diameter, float("nan")))
 
-    Terms whose inputs are absent (no text in vision-only models) are 0.
+
+class SizeLoss(nn.Module):
+    """Mean squared error of the predicted ln(diameter / 10 mm) over nodules whose diameter is known (NaN: left out)."""
+
+    def forward(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        known = ~torch.isnan(target)
+        if not bool(known.any()):
+            return predicted[:0].sum()  # zero, still attached to the graph
+        return F.mse_loss(predicted[known].float(), target[known].float())
+
+
+class NoduleClipLoss(nn.Module):
+    """clip_weight * InfoNCE + image_weight * CE(image head) + text_weight * CE(text head)
+    + size_weight * MSE(size head, ln diameter).
+
+    Terms whose inputs are absent (no text in vision-only models, no size head or no diameters) are 0.
     """
 
     def __init__(self, clip_weight: float = 1.0, image_weight: float = 1.0, text_weight: float = 1.0,
-                 label_smoothing: float = 0.1, class_weights: tuple[float, float] | None = None):
+                 label_smoothing: float = 0.1, class_weights: tuple[float, float] | None = None,
+                 size_weight: float = 0.0):
         super().__init__()
         self.clip_weight, self.image_weight, self.text_weight = clip_weight, image_weight, text_weight
+        self.size_weight = size_weight
+        self.size_loss = SizeLoss()
         self.clip_loss = ClipLoss(label_smoothing)
         self.malignancy_loss = MalignancyLoss(class_weights)
 
-    def forward(self, output, labels: torch.Tensor) -> LossOutput:
-        """`output` is a model forward's ModelOutput; `labels` (B,) holds 1, 0 or -1 (unknown)."""
+    def forward(self, output, labels: torch.Tensor, log_diameter: torch.Tensor | None = None) -> LossOutput:
+        """`output` is a model forward's ModelOutput; `labels` (B,) holds 1, 0 or -1 (unknown); `log_diameter`
+        (B,) the size head's targets (`log_diameter_target`), needed when the model has a size head."""
         labels = labels.to(output.image_logits.device)
         zero = output.image_logits.new_zeros(())
         image = self.malignancy_loss(output.image_logits, labels)
@@ -82,4 +105,8 @@ class NoduleClipLoss(nn.Module):
         clip = self.clip_loss(output.image_embeds, output.text_embeds, output.logit_scale) if has_text else zero
         text = self.malignancy_loss(output.text_logits, labels) if has_text else zero
         total = self.clip_weight * clip + self.image_weight * image + self.text_weight * text
-        return LossOutput(total=total, clip=clip, image=image, text=text)
+        size = None
+        if output.log_diameter is not None and log_diameter is not None:
+            size = self.size_loss(output.log_diameter, log_diameter.to(output.log_diameter.device))
+            total = total + self.size_weight * size
+        return LossOutput(total=total, clip=clip, image=image, text=text, size=size)

@@ -53,6 +53,8 @@ class ModelConfig:
     mil_hidden_dim: int = 256
     mil_attention_dim: int = 128
     projection_dropout: float = 0.1
+    field_of_view: int | None = None  # the central N x N pixels of each view go to the encoder (None: all of it)
+    size_head: bool = False  # a linear head that regresses the nodule's log-diameter from the image embedding
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = math.log(100)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -89,6 +91,7 @@ class ModelOutput:
     text_embeds: torch.Tensor | None = None  # (B, embed_dim), unit norm
     text_logits: torch.Tensor | None = None
     logit_scale: torch.Tensor | None = None  # exp of the clamped learnable log-scale
+    log_diameter: torch.Tensor | None = None  # (B,) the size head's ln(diameter / 10 mm), when the model has one
 
 
 @dataclass
@@ -101,11 +104,16 @@ class Prediction:
 
 
 class ViewTransform(nn.Module):
-    """(B, V, H, W) views in [0, 1] -> (B*V, 3, S, S) bilinear-resized, normalised with the tower's mean/std."""
+    """(B, V, H, W) views in [0, 1] -> (B*V, 3, S, S) bilinear-resized, normalised with the tower's mean/std.
 
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]):
+    With `field_of_view` N, only the central N x N pixels of each view are resized to S: a zoom on the
+    nodule (views are cut at 1 mm, so N pixels are N mm). At 112 px a 50 mm view gives the ViT's 14-pixel
+    patches 6 mm of tissue each; a 24 mm field of view gives them 3 mm, the scale of spicules and lobules.
+    """
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], field_of_view: int | None = None):
         super().__init__()
-        self.image_size = image_size
+        self.image_size, self.field_of_view = image_size, field_of_view
         std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("scale", 1.0 / std_t, persistent=False)
         self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_t, persistent=False)
@@ -113,6 +121,10 @@ class ViewTransform(nn.Module):
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         batch, count, height, width = views.shape
         planes = views.reshape(batch * count, 1, height, width).to(self.scale)
+        if self.field_of_view is not None and self.field_of_view < min(height, width):
+            top, left = (height - self.field_of_view) // 2, (width - self.field_of_view) // 2
+            planes = planes[..., top:top + self.field_of_view, left:left + self.field_of_view]
+            height = width = self.field_of_view
         size = self.image_size
         if (height, width) != (size, size):
             planes = F.interpolate(planes, size=(size, size), mode="bilinear", align_corners=False,
@@ -144,17 +156,23 @@ class NoduleClipModel(nn.Module):
             raise InputError(f"image_size {config.image_size} is not a multiple of {backbone.name}'s patch size "
                              f"{backbone.patch_size}; pick e.g. {backbone.image_size}.")
         config.random_init = config.random_init or not backbone.has_pretrained_weights
+        if config.field_of_view is not None and config.field_of_view < 8:
+            raise InputError(f"field of view {config.field_of_view} pixels is too small; give at least 8 (or none: "
+                             "the whole view).")
         with_text = config.tuning != "vision-only"
         towers = build_towers(backbone, config.image_size, weights=config.weights, random_init=config.random_init,
                               with_text=with_text, seed=config.tower_seed)
         config.weights_source, config.tokenizer = towers.weights_source, towers.tokenizer_kind
         config.tower_fingerprint = tower_fingerprint(towers.vision, towers.text)
         self.config, self.backbone = config, backbone
-        self.view_transform = ViewTransform(config.image_size, backbone.image_mean, backbone.image_std)
+        self.view_transform = ViewTransform(config.image_size, backbone.image_mean, backbone.image_std,
+                                            config.field_of_view)
         self.vision = towers.vision
         self.mil = AttentionMIL(self.vision.dim, config.mil_hidden_dim, config.mil_attention_dim)
         self.image_projection = ProjectionHead(self.mil.out_dim, config.embed_dim, config.projection_dropout)
         self.image_head = malignancy_head(config.embed_dim)
+        # size made legible: training can ask the image embedding to carry the diameter (see NoduleClipLoss)
+        self.size_head = nn.Linear(config.embed_dim, 1) if config.size_head else None
         self.text = towers.text
         if with_text:
             self.text_projection = ProjectionHead(self.text.dim, config.embed_dim, config.projection_dropout)
@@ -279,6 +297,8 @@ class NoduleClipModel(nn.Module):
         """Embed the views or their `prefix` (and the texts, if given and the model has a text path); apply both heads."""
         image_embeds, attention = self.encode_image(views, prefix)
         output = ModelOutput(image_embeds, attention, self.image_head(image_embeds))
+        if self.size_head is not None:
+            output.log_diameter = self.size_head(image_embeds).squeeze(-1)
         if text is not None and self.text is not None:
             output.text_embeds = self.encode_text(text)
             output.text_logits = self.text_head(output.text_embeds)

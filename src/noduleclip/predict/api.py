@@ -93,7 +93,7 @@ class FoldEnsemble:
         for k in range(folds):
             folder = run / f"fold_{k}" / "best"
             config, document = read_model_config(folder)
-            same = [getattr(config, n) == getattr(base, n) for n in ("backbone", "tuning", "image_size", "tower_fingerprint")]
+            same = [getattr(config, n) == getattr(base, n) for n in ("backbone", "tuning", "image_size", "field_of_view", "tower_fingerprint")]
             if not all(same) or document.get("towers_saved") != base_document.get("towers_saved"):
                 raise InputError(f"{folder} holds another kind of model than fold_0 (backbone, tuning or towers differ); "
                                  "the run folder mixes runs, so train it again")

@@ -20,6 +20,7 @@ SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Settings that change how fast a run goes or where it keeps things, never its numbers.
 RESULT_NEUTRAL = frozenset({"workers", "cache", "threads", "progress", "eval_batch_size"})
+LORA_SETTINGS = frozenset({"lora_rank", "lora_alpha", "lora_dropout", "lora_image_blocks"})
 
 
 def native_bf16(cpuinfo: str | None = None) -> bool:
@@ -65,6 +66,10 @@ class TrainConfig:
         None, "LoRA in the image tower's last N blocks only, the frozen blocks below computed once per nodule: "
         "a CPU speed-up (default: every block, as the paper)", type=int)
     projection_dropout: float = _option(0.1, "dropout in the projection heads")
+    field_of_view: int | None = _option(
+        None, "zoom: only the central N x N mm of each 50 mm view go to the encoder (default: the whole view)", type=int)
+    size_weight: float = _option(0.0, "weight of an auxiliary loss that regresses each nodule's log-diameter (the "
+                                 "manifest's diameter) from the image embedding, so that it carries size (0: off)")
     # protocol
     folds: int = _option(5, "cross-validation folds (patient-level, stratified by label)")
     test_fraction: float = _option(0.2, "fraction of patients held out as the test set (0: none)")
@@ -115,6 +120,9 @@ class TrainConfig:
             (self.weight_decay >= 0, f"weight decay {self.weight_decay} must not be negative"),
             (self.patience >= 0, f"patience {self.patience} must not be negative"),
             (self.bootstrap >= 0, f"bootstrap {self.bootstrap} must not be negative"),
+            (self.size_weight >= 0, f"size weight {self.size_weight} must not be negative"),
+            (self.field_of_view is None or 8 <= self.field_of_view <= self.views.size,
+             f"field of view {self.field_of_view} must be between 8 and the views' {self.views.size} pixels"),
             (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be at least 1"),
             (self.augment_variants >= 1, f"augment variants {self.augment_variants} must be at least 1"),
             (self.lora_rank >= 1, f"LoRA rank {self.lora_rank} must be at least 1"),
@@ -134,6 +142,7 @@ class TrainConfig:
         return dict(
             name=self.backbone, tuning=self.tuning, image_size=self.image_size, weights=self.weights,
             random_init=self.random_init, projection_dropout=self.projection_dropout,
+            field_of_view=self.field_of_view, size_head=self.size_weight > 0,
             lora=LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout,
                               image_blocks=self.lora_image_blocks),
         )
@@ -155,10 +164,13 @@ class TrainConfig:
         return cls(**values)
 
     def differences(self, other: "TrainConfig") -> list[str]:
-        """'name: this -> other' for each result-changing setting that differs."""
+        """'name: this -> other' for each result-changing setting that differs.
+
+        A probe has no adapters: between two probes the LoRA settings change nothing and are left out."""
         mine, theirs = self.to_dict(), other.to_dict()
+        neutral = RESULT_NEUTRAL | (LORA_SETTINGS if self.tuning == other.tuning == "probe" else frozenset())
         return [f"{name}: {mine[name]!r} -> {theirs[name]!r}" for name in mine
-                if name not in RESULT_NEUTRAL and mine[name] != theirs[name]]
+                if name not in neutral and mine[name] != theirs[name]]
 
 
 def cli_fields() -> list:

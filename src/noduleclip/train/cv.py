@@ -292,7 +292,7 @@ def _share_frozen_blocks(models: list[NoduleClipModel]) -> bool:
     first = models[0]
     return first.frozen_image_blocks > 0 and all(
         model.frozen_image_blocks == first.frozen_image_blocks and model.config.backbone == first.config.backbone
-        and model.config.image_size == first.config.image_size
+        and model.config.image_size == first.config.image_size and model.config.field_of_view == first.config.field_of_view
         and model.config.tower_fingerprint == first.config.tower_fingerprint for model in models)
 
 

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from noduleclip.data.manifest import NoduleRecord
 from noduleclip.errors import InputError
+from noduleclip.model.losses import log_diameter_target
 from noduleclip.semantics import Augmentation, TextConfig, record_text
 from noduleclip.semantics.schema import text_features
 
@@ -199,5 +200,15 @@ class NoduleDataset(Dataset):
             "views": self.image(i),
             "text": self.text(i) if self.with_text else "",
             "label": UNKNOWN_LABEL if label is None else int(label),
+            "log_diameter": float(log_diameter_target(record_diameter(self.records[i]))),
             "index": i,
         }
+
+
+def record_diameter(record: NoduleRecord) -> float:
+    """The nodule's diameter in mm from its manifest row (the `diameter_mm` column or a semantic size), NaN if none."""
+    value = record.features.get("long_diameter_mm")
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan

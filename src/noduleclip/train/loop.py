@@ -92,18 +92,19 @@ def monitored(scores: dict) -> float | None:
     return None if scores["loss"] is None else -scores["loss"]
 
 
-def _gather_batch(accelerator, output, labels):
-    """The whole batch's embeddings, logits (with gradients) and labels, when several processes share it."""
+def _gather_batch(accelerator, output, labels, sizes):
+    """The whole batch's embeddings, logits (with gradients), labels and size targets, when several processes share it."""
     if accelerator.num_processes == 1:
-        return output, labels
+        return output, labels, sizes
     from torch.distributed.nn.functional import all_gather
 
     def cat(tensor):
         return None if tensor is None else torch.cat(all_gather(tensor.contiguous()), dim=0)
 
     gathered = dataclasses.replace(output, image_embeds=cat(output.image_embeds), image_logits=cat(output.image_logits),
-                                   text_embeds=cat(output.text_embeds), text_logits=cat(output.text_logits))
-    return gathered, accelerator.gather(labels)
+                                   text_embeds=cat(output.text_embeds), text_logits=cat(output.text_logits),
+                                   log_diameter=cat(output.log_diameter))
+    return gathered, accelerator.gather(labels), accelerator.gather(sizes)
 
 
 def _training_attention(accelerator):
@@ -142,7 +143,7 @@ def train_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     network = accelerator.unwrap_model(model)
     with_text = network.text is not None
-    loss_fn = NoduleClipLoss()
+    loss_fn = NoduleClipLoss(size_weight=config.size_weight)
     bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epochs_done"] * steps_per_epoch, unit="step",
                desc=f"fold {fold + 1}/{total_folds}", disable=not (config.progress and main), dynamic_ncols=True)
     for epoch in range(state["epochs_done"], config.epochs):
@@ -160,8 +161,8 @@ def train_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log
             with accelerator.autocast(), _training_attention(accelerator):
                 images = dict(views=None, prefix=batch["views"]) if data.prefixed else dict(views=batch["views"])
                 output = model(text=tokens, **images)
-            output, labels = _gather_batch(accelerator, output, batch["label"])
-            loss = loss_fn(output, labels)
+            output, labels, sizes = _gather_batch(accelerator, output, batch["label"], batch["log_diameter"])
+            loss = loss_fn(output, labels, sizes)
             accelerator.backward(loss.total)
             optimizer.step()
             scheduler.step()
