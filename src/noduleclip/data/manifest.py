@@ -24,6 +24,7 @@ from noduleclip.semantics.parse import parse_features
 REQUIRED = ("patient_id", "nodule_id", "image")
 COORDS = ("coord_x", "coord_y", "coord_z")
 CORE = REQUIRED + COORDS + ("mask", "label", "report", "split")
+LABELS = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "": None, "nan": None}  # 1.0, 0.0, nan: how a float column is written
 
 
 @dataclass
@@ -54,14 +55,12 @@ def _blank(value: str | None) -> bool:
 
 
 def _parse_label(value: str | None, where: str) -> int | None:
-    if _blank(value):
-        return None
-    text = value.strip().lower()
-    if text in {"1", "1.0", "malignant", "true", "yes"}:
-        return 1
-    if text in {"0", "0.0", "benign", "false", "no"}:
-        return 0
-    raise InputError(f"{where}: label {value!r} is not 1 (malignant), 0 (benign) or empty (unknown)")
+    """1, 0 or None (unknown: an empty cell) from a `label` cell; any other spelling is refused, never guessed."""
+    text = (value or "").strip().lower()
+    if text in LABELS:
+        return LABELS[text]
+    raise InputError(f"{where}: label {value!r} is not 1 (malignant), 0 (benign) or empty (unknown); "
+                     f"write 1 or 0 in the 'label' column, or leave the cell empty")
 
 
 def _parse_coord(row: dict, where: str) -> np.ndarray | None:

@@ -23,6 +23,7 @@ from noduleclip.io.volume import Volume
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR: the one DICOM file without a series
 HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "Modality", "SeriesInstanceUID", "StudyInstanceUID",
     "FrameOfReferenceUID", "PatientID", "SeriesDescription", "ImageType", "NumberOfFrames",
@@ -51,6 +52,27 @@ class DicomObject:
     columns: int | None
 
 
+def _is_ct_slice(obj: DicomObject) -> bool:
+    """A single-frame axial/oblique CT image (not a localizer, not another modality or object)."""
+    return (
+        obj.modality == "CT"
+        and obj.sop_class_uid in (CT_IMAGE_STORAGE, "")
+        and "LOCALIZER" not in obj.image_type
+        and obj.rows is not None
+    )
+
+
+def _what_object(obj: DicomObject) -> str:
+    """How a non-CT-slice object of a series is described in a message."""
+    if obj.modality != "CT":
+        return f"Modality {obj.modality or '(empty)'}"
+    if "LOCALIZER" in obj.image_type:
+        return "a localizer (scout) image"
+    if obj.sop_class_uid not in (CT_IMAGE_STORAGE, ""):
+        return f"SOP class {obj.sop_class_uid}"
+    return "an object without pixel rows"
+
+
 @dataclass
 class DicomSeries:
     """All objects of one SeriesInstanceUID found in a folder."""
@@ -64,14 +86,8 @@ class DicomSeries:
 
     @property
     def is_ct_image(self) -> bool:
-        """Single-frame CT slices (localizer/scout series excluded)."""
-        first = self.objects[0]
-        return (
-            first.modality == "CT"
-            and first.sop_class_uid in (CT_IMAGE_STORAGE, "")
-            and "LOCALIZER" not in first.image_type
-            and first.rows is not None
-        )
+        """Single-frame CT slices, most of its objects (localizer/scout series excluded)."""
+        return 2 * sum(_is_ct_slice(o) for o in self.objects) > len(self.objects)
 
     def describe(self) -> str:
         kind = "CT" if self.is_ct_image else (self.modality or "unknown")
@@ -87,7 +103,7 @@ def _floats(value, n: int) -> np.ndarray | None:
 
 
 def _read_header(path: Path) -> DicomObject | None:
-    """Header of one file, or None when the file is not DICOM at all (a note, an XML read, ...)."""
+    """Header of one file, or None when the file is not DICOM at all (a note, an XML read, ...) or a DICOMDIR."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -100,6 +116,9 @@ def _read_header(path: Path) -> DicomObject | None:
     except Exception as exc:
         raise InputError(f"cannot read the DICOM file {path} ({type(exc).__name__}: it looks corrupt or truncated); remove or replace it") from None
     if "SeriesInstanceUID" not in ds:
+        if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) != MEDIA_STORAGE_DIRECTORY:
+            raise InputError(f"the DICOM file {path} has no SeriesInstanceUID ({path.stat().st_size} bytes: its header is "
+                             f"truncated or damaged); replace it, or remove it if it is not part of the series")
         return None
     pixel_spacing = _floats(ds.get("PixelSpacing"), 2)
     return DicomObject(
@@ -176,6 +195,10 @@ def _check_same(series: DicomSeries, folder: Path, name: str, values: list, clos
 def slice_geometry(series: DicomSeries, folder: Path) -> tuple[list[DicomObject], np.ndarray, np.ndarray, np.ndarray]:
     """Slices ordered along the normal, with the grid's origin, spacing (i, j, k) and direction; raises if irregular."""
     objs = series.objects
+    for obj in objs:
+        if not _is_ct_slice(obj):
+            raise InputError(f"{obj.path} in CT series {series.uid} ({folder}) is {_what_object(obj)}, not a CT slice like "
+                             f"the others; remove it from the folder or replace it with the right slice")
     if any(o.frames > 1 for o in objs):
         raise InputError(f"series {series.uid} in {folder} is multi-frame, which is not supported; convert it to single-frame slices or NIfTI")
     if len(objs) < 2:

@@ -7,9 +7,12 @@ same way (or from a DICOM SEG) and, given a reference volume, checked against or
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,12 @@ SINGLE_FILE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd")
 HEADER_DATA_SUFFIXES = (".mhd", ".nhdr")  # a header beside a separate data file
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 FORMATS = "a DICOM series folder, NIfTI (.nii, .nii.gz), MHA/MHD or NRRD (.nrrd, .nhdr)"
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes whose voxels can be NaN or infinite
+CHUNK_BYTES = 1 << 24
+AIR_HU = -1000.0
+AIR_LUNG_HU = -500.0  # air and lung lie below this, every other tissue above
+MIN_AIR_LUNG_FRACTION = 0.02  # of the voxels less the padding: chest scans and LIDC lung crops have at least 12%
+HU_SAMPLE_VOXELS = 2_000_000
 
 
 def _suffix(path: Path) -> str:
@@ -43,6 +52,56 @@ def _is_dicom_file(path: Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(132)
     return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _nifti_header(head: bytes, path: Path) -> tuple[np.dtype | None, int, int]:
+    """(float voxel dtype or None, voxel data bytes, byte offset of the voxels) from a NIfTI-1 or NIfTI-2 header."""
+    for order in "<>":
+        size = struct.unpack(order + "i", head[:4])[0] if len(head) >= 4 else 0
+        if size == 348 and len(head) >= 348:
+            dims = struct.unpack(order + "8h", head[40:56])
+            datatype, bitpix = struct.unpack(order + "2h", head[70:74])
+            offset = max(int(struct.unpack(order + "f", head[108:112])[0]), 352)
+            break
+        if size == 540 and len(head) >= 540:
+            datatype, bitpix = struct.unpack(order + "2h", head[12:16])
+            dims = struct.unpack(order + "8q", head[16:80])
+            offset = max(struct.unpack(order + "q", head[168:176])[0], 544)
+            break
+    else:
+        raise InputError(f"{path} has no valid NIfTI header (it is truncated or not a NIfTI file); re-export or re-copy it")
+    count = int(np.prod([max(int(d), 1) for d in dims[1:1 + min(max(int(dims[0]), 1), 7)]]))
+    dtype = np.dtype(order + NIFTI_FLOAT_TYPES[datatype]) if datatype in NIFTI_FLOAT_TYPES else None
+    return dtype, count * (bitpix // 8), offset
+
+
+def _scan_nifti_voxels(path: Path) -> np.ndarray | None:
+    """Check that a NIfTI file holds every voxel byte its header declares, and return the flat mask of its NaN or
+    infinite voxels (the NIfTI reader silently turns them into 0), or None when there are none."""
+    compressed = _suffix(path) == ".nii.gz"
+    got, nonfinite = 0, None
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as fh:
+            dtype, expected, offset = _nifti_header(fh.read(544), path)
+            if dtype is None and not compressed:
+                got = max(path.stat().st_size - offset, 0)
+            else:
+                fh.seek(offset)
+                step = CHUNK_BYTES - CHUNK_BYTES % (dtype.itemsize if dtype else 1)
+                while chunk := fh.read(step):
+                    if dtype is not None and got < expected:
+                        values = np.frombuffer(chunk, dtype, count=min(len(chunk), expected - got) // dtype.itemsize)
+                        bad = ~np.isfinite(values)
+                        if bad.any():
+                            nonfinite = np.zeros(expected // dtype.itemsize, bool) if nonfinite is None else nonfinite
+                            nonfinite[got // dtype.itemsize:got // dtype.itemsize + values.size] = bad
+                    got += len(chunk)
+    except (EOFError, gzip.BadGzipFile, zlib.error):
+        raise InputError(f"the image file {path} is truncated (its compressed data ends early); re-export or re-copy it") from None
+    if got < expected:
+        raise InputError(f"the image file {path} is truncated: it holds {got} of the {expected} voxel bytes its header "
+                         f"declares; re-export or re-copy it")
+    return nonfinite
 
 
 def _read_image_file(path: Path):
@@ -77,6 +136,17 @@ def _volume_from_image(image, path: Path) -> Volume:
     return volume
 
 
+def _read_file_volume(path: Path) -> Volume:
+    """A NIfTI/MHA/MHD/NRRD file as a Volume in its stored pixel type; a NIfTI's NaN voxels stay NaN as in other formats."""
+    image = _read_image_file(path)
+    nonfinite = _scan_nifti_voxels(path) if _suffix(path) in (".nii", ".nii.gz") else None
+    volume = _volume_from_image(image, path)
+    if nonfinite is not None:
+        volume.array = volume.array.astype(np.float32, copy=False)
+        volume.array[nonfinite.reshape(volume.array.shape)] = np.nan
+    return volume
+
+
 def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
     """Read a CT scan (DICOM series folder, NIfTI, MHA/MHD, NRRD) as float32 HU in the LPS frame."""
     path = _existing(path, "image")
@@ -86,7 +156,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
         raise InputError(f"series_uid only applies to DICOM folders, and {path} is a file; drop series_uid or pass the folder")
     if _is_dicom_file(path):
         raise InputError(f"{path} is a single DICOM file; pass the folder that holds the whole series")
-    volume = _volume_from_image(_read_image_file(path), path)
+    volume = _read_file_volume(path)
     volume.array = volume.array.astype(np.float32, copy=False)
     return volume
 
@@ -184,7 +254,7 @@ def read_mask(path: str | os.PathLike, reference: Volume | None = None) -> Volum
     if path.is_dir() or _is_dicom_file(path):
         mask = _read_dicom_seg(_dicom_seg_in(path))
     else:
-        mask = _volume_from_image(_read_image_file(path), path)
+        mask = _read_file_volume(path)
         mask.array = (mask.array > 0).astype(np.uint8)
     if reference is None or same_grid(mask, reference):
         if reference is not None:
@@ -198,25 +268,46 @@ def read_mask(path: str | os.PathLike, reference: Volume | None = None) -> Volum
     return Volume(resampled, reference.origin, reference.spacing, reference.direction, str(path), metadata)
 
 
+def _air_lung_problem(values: np.ndarray, low: float, where: str) -> str | None:
+    """Why too few voxels lie in air and lung for a chest CT in HU, or None; the lowest value does not count when it is
+    at or below air (the padding outside the field of view sits there). Judged on an evenly spaced sample of the voxels."""
+    flat = values.reshape(-1)
+    sample = flat[::max(1, flat.size // HU_SAMPLE_VOXELS)]
+    body = sample[sample > low] if low <= AIR_HU else sample
+    fraction = np.count_nonzero(body < AIR_LUNG_HU) / max(body.size, 1)
+    if fraction >= MIN_AIR_LUNG_FRACTION:
+        return None
+    padding = (f"apart from its lowest value {low:g} ({1.0 - body.size / sample.size:.0%} of the voxels, the padding "
+               f"outside the field of view) " if body.size < sample.size else "")
+    darkest = f"{float(np.percentile(body, 1)):g}" if body.size else "nowhere"
+    return (f"{where} does not look like CT in Hounsfield units: {padding}only {fraction:.1%} of its voxels fall below "
+            f"{AIR_LUNG_HU:g} where air and lung lie, and its darkest tissue sits near {darkest} instead of -1000; check the "
+            f"scanner's rescale to HU (a RescaleIntercept of 0 where -1024 was meant shifts every value by +1024)")
+
+
 def ct_hu_problem(volume: Volume) -> str | None:
     """Why `volume` does not look like CT in Hounsfield units, or None when it does."""
     where = volume.source or "the volume"
     values = np.asarray(volume.array)
-    if not np.all(np.isfinite(values)):
-        return f"{where} contains NaN or infinite values; a CT in HU has finite values everywhere (fill them, e.g. with -1000)"
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = values.size - int(np.count_nonzero(finite))
+        amount = "all its voxels are" if bad == values.size else f"{bad} of its {values.size} voxels are"
+        return (f"{where} contains NaN or infinite values ({amount} NaN or infinite); a CT in HU has finite values "
+                f"everywhere (fill them, e.g. with -1000)")
     low, high = float(values.min()), float(values.max())
-    if low >= -500:
+    if low >= AIR_LUNG_HU:
         return (f"{where} does not look like CT in Hounsfield units: its values never fall below -500 (range {low:g} to {high:g}) "
                 f"while air and lung are near -1000; apply the scanner's rescale to HU, or pass a CT scan")
     if high - low < 200:
         return f"{where} does not look like CT in Hounsfield units: its values span only {low:g} to {high:g}; pass a CT scan"
     if low < -10000 or high > 40000:
         return f"{where} does not look like CT in Hounsfield units: its values reach {low:g} to {high:g}; apply the scanner's rescale to HU"
-    return None
+    return _air_lung_problem(values, low, where)
 
 
 def looks_like_ct(volume: Volume) -> bool:
-    """True when the values are plausible CT Hounsfield units (air/lung below -500, a real range)."""
+    """True when the values are plausible CT Hounsfield units (air and lung below -500 inside the body, a real range)."""
     return ct_hu_problem(volume) is None
 
 

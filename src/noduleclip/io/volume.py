@@ -68,6 +68,10 @@ class Volume:
         pts = self.index_to_world(corners)
         return pts.min(axis=0), pts.max(axis=0)
 
+    def field_of_view_mm(self) -> np.ndarray:
+        """Extent of the scanned voxels along (i, j, k) in mm: voxel count times spacing."""
+        return np.asarray(self.shape_ijk, dtype=np.float64) * self.spacing
+
     def center_world(self) -> np.ndarray:
         """LPS position of the centre of the voxel grid."""
         return self.index_to_world((np.asarray(self.shape_ijk) - 1) / 2.0)

@@ -20,7 +20,7 @@ import numpy as np
 
 from noduleclip.errors import InputError
 from noduleclip.io import Volume, check_looks_like_ct, read_mask, read_volume
-from noduleclip.preprocess.pipeline import check_inside
+from noduleclip.preprocess.pipeline import check_inside, crop_center
 from noduleclip.preprocess.views import mask_centroid
 
 COORD_COLUMNS = ("coord_x", "coord_y", "coord_z")
@@ -80,7 +80,8 @@ def _number(row: dict, column: str, where: str) -> float:
 
 
 def read_nodule_table(path: str | os.PathLike, volume: Volume) -> list[NoduleSite]:
-    """Nodules from a CSV: `coord_x, coord_y, coord_z` (LPS mm) or `mask` per row, optional `nodule_id`."""
+    """Nodules from a CSV: `coord_x, coord_y, coord_z` (LPS mm) or `mask` per row (neither: the centre of a nodule
+    crop), optional `nodule_id`."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"nodule table {path} does not exist or is not a file; give a CSV with coord_x, coord_y, coord_z")
@@ -111,8 +112,7 @@ def read_nodule_table(path: str | os.PathLike, volume: Volume) -> list[NoduleSit
             mask = Path(row["mask"]).expanduser()
             center = _mask_center(mask if mask.is_absolute() else path.resolve().parent / mask, volume, where)
         else:
-            raise InputError(f"{where}: the row has no coordinates{' and no mask' if 'mask' in header else ''}; "
-                             "give coord_x, coord_y, coord_z in world millimetres (LPS)")
+            center = crop_center(volume, f"{where} (nodule {nodule_id!r})")
         sites.append(NoduleSite(nodule_id, center, f"{where} (nodule {nodule_id!r})"))
     return sites
 

@@ -46,6 +46,23 @@ def check_inside(volume: Volume, center_lps, where: str = "nodule") -> None:
     )
 
 
+CROP_MAX_MM = 100.0  # a nodule crop spans less than this on every axis (LIDC crops: 20-62 mm); a CT scan hundreds of mm
+
+
+def crop_center(volume: Volume, where: str) -> np.ndarray:
+    """The centre of a nodule crop, the centre of a nodule given without coordinates or mask; InputError when the
+    image is larger than a nodule crop on any axis (a scan's centre is not a nodule)."""
+    fov = volume.field_of_view_mm()
+    if np.all(fov < CROP_MAX_MM):
+        return volume.center_world()
+    size = " x ".join(f"{v:.0f}" for v in fov)
+    raise InputError(
+        f"{where}: no coordinates and no mask are given, and the image {volume.source or '(in memory)'} spans {size} mm, "
+        f"so it is a scan, not a nodule crop (under {CROP_MAX_MM:g} mm on every axis) whose centre is the nodule; "
+        f"give coord_x, coord_y, coord_z in world millimetres (LPS) or a mask"
+    )
+
+
 def nodule_center(volume: Volume, record: NoduleRecord) -> np.ndarray:
     """The nodule centre in LPS mm: the given coordinate, else the mask centroid, else the crop's centre."""
     if record.coord is not None:
@@ -57,7 +74,7 @@ def nodule_center(volume: Volume, record: NoduleRecord) -> np.ndarray:
         except ValueError:
             raise InputError(f"{record.where}: mask {record.mask} is empty; give a mask with the nodule or coordinates") from None
     else:
-        center = volume.center_world()
+        center = crop_center(volume, record.where)
     try:
         check_inside(volume, center, record.where)
     except InputError as exc:
