@@ -61,7 +61,8 @@ def test_folder_with_only_sr_and_seg_objects(tmp_path):
 def test_several_ct_series_need_a_choice(tmp_path, axial):
     write_ct_series(axial, tmp_path / "a", series_uid="1.2.3.4")
     write_ct_series(Volume(axial.array[:5], axial.origin, axial.spacing), tmp_path / "b", series_uid="1.2.3.5")
-    with pytest.raises(InputError, match=r"holds 2 CT series: 1\.2\.3\.4 \(8 slices\); 1\.2\.3\.5 \(5 slices\); pass series_uid"):
+    with pytest.raises(InputError, match=r"holds 2 CT series: 1\.2\.3\.4 \(8 slices\); 1\.2\.3\.5 \(5 slices\); choose one with "
+                       r"--series-uid UID \(or the manifest's series_uid column\)"):
         read_volume(tmp_path)
     assert read_volume(tmp_path, series_uid="1.2.3.5").array.shape[0] == 5
     assert read_volume(tmp_path / "a").metadata["series_uid"] == "1.2.3.4"
@@ -154,7 +155,7 @@ def test_non_3d_images_and_unsupported_files(tmp_path, axial):
     paths = write_ct_series(axial, tmp_path / "ct")
     with pytest.raises(InputError, match="is a single DICOM file; pass the folder"):
         read_volume(paths[0])
-    with pytest.raises(InputError, match="series_uid only applies to DICOM folders"):
+    with pytest.raises(InputError, match=r"series_uid column\) only applies to DICOM folders"):
         read_volume(tmp_path / "slab.mha", series_uid="1.2")
 
 

@@ -129,7 +129,7 @@ def test_load_refuses_a_folder_that_does_not_match(tmp_path, views, labels):
     config_path = tmp_path / "model" / "model.json"
     document = json.loads(config_path.read_text())
     for change, words in [({"tuning": "probe"}, "does not fit"), ({"tower_seed": 7}, "differ"),
-                          ({"backbone": "nope"}, "Unknown backbone"), ({"mil_hidden_dim": 64}, "wrong shape")]:
+                          ({"backbone": "nope"}, "unknown backbone .nope."), ({"mil_hidden_dim": 64}, "wrong shape")]:
         config_path.write_text(json.dumps({**document, "config": {**document["config"], **change}}))
         with pytest.raises(InputError, match=words):
             load_model(tmp_path / "model")

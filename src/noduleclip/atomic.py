@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 _UMASK = os.umask(0)  # read the process's umask (the call sets it, so set it back at once)
 os.umask(_UMASK)
@@ -52,3 +52,40 @@ def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
             os.replace(item, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell that no spreadsheet runs as a formula: text starting with = + - @ (or a quote before one) gets a
+    leading single quote; numbers, such as -0.5, stay numbers. `plain_cell` undoes it."""
+    if isinstance(value, str) and (value.startswith(FORMULA_STARTS)
+                                   or (value.startswith("'") and value[1:2].startswith(FORMULA_STARTS + ("'",)))):
+        return "'" + value
+    return value
+
+
+def plain_cell(text: str) -> str:
+    """The text that `spreadsheet_safe` quoted, as it was (other cells unchanged)."""
+    if text.startswith("'") and text[1:2].startswith(FORMULA_STARTS + ("'",)):
+        return text[1:]
+    return text
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence],
+              float_format: Callable[[float], str] = repr) -> Path:
+    """Write a CSV atomically: floats through `float_format` (full precision by default), text cells made safe
+    for spreadsheets by `spreadsheet_safe`; return `path`."""
+    import csv
+
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([spreadsheet_safe(name) for name in header])
+            for row in rows:
+                writer.writerow([float_format(float(v)) if isinstance(v, (float, np.floating)) else spreadsheet_safe(v)
+                                 for v in row])
+    return Path(path)

@@ -27,6 +27,7 @@ from noduleclip.ablate.semantic_baseline import SemanticConfig, semantic_cv
 from noduleclip.atomic import write_text
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
+from noduleclip.run_folder import read_run_document, train_settings_where
 from noduleclip.train.config import TrainConfig
 from noduleclip.train.results import write_results
 from noduleclip.train.splits import SplitPlan, make_splits
@@ -104,8 +105,8 @@ def _neural_finished(folder: Path, config: TrainConfig, manifest_sha: str) -> bo
     """True when the run folder holds a finished run of exactly this configuration and manifest."""
     if not (folder / "metrics.json").is_file() or not (folder / "config.json").is_file():
         return False
-    document = json.loads((folder / "config.json").read_text())
-    same = not TrainConfig.from_dict(document["train"]).differences(config)
+    document = read_run_document(folder)
+    same = not TrainConfig.from_dict(document["train"], train_settings_where(folder)).differences(config)
     return same and document["manifest"]["sha256"] == manifest_sha  # otherwise train_run explains the refusal
 
 

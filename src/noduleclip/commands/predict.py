@@ -7,6 +7,8 @@ import time
 
 
 def register(sub) -> None:
+    from noduleclip.commands.views import add_series_option
+
     p = sub.add_parser(
         "predict", help="predict the malignancy risk and semantic profile of nodules in one CT",
         description="Read one CT (DICOM series folder, NIfTI, MHA/MHD or NRRD), cut the nine views around each "
@@ -24,6 +26,7 @@ def register(sub) -> None:
                        help="CSV with one row per nodule: coord_x, coord_y, coord_z (LPS mm) or mask, optional nodule_id")
     where.add_argument("--mask", metavar="SEG", help="nodule segmentation aligned with the image: its centroid is the centre")
     p.add_argument("--out", required=True, help="output folder")
+    add_series_option(p)
     p.add_argument("--dicom-sr", action="store_true",
                    help="also write a DICOM Structured Report (TID 1500) referencing the series (DICOM input only)")
     p.add_argument("--device", default="cpu", help="torch device for the models (default %(default)s)")
@@ -42,7 +45,7 @@ def run(args) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     started = time.perf_counter()
     check_run(args.run)  # a missing or unfinished run is named before the scan is read
-    volume = read_image(args.image)
+    volume = read_image(args.image, series_uid=args.series_uid)
     if args.dicom_sr:
         require_dicom_source(volume)
     coords = [parse_coord(text) for text in args.coord] if args.coord else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from noduleclip.commands.preprocess import add_view_options, view_config
@@ -20,6 +22,22 @@ def parse_coord(text: str) -> np.ndarray:
     return np.array(values)
 
 
+def add_series_option(parser) -> None:
+    """The --series-uid option: which CT series of a DICOM folder that holds several to read."""
+    parser.add_argument("--series-uid", metavar="UID",
+                        help="SeriesInstanceUID of the CT series to read when the DICOM folder holds several")
+
+
+def check_png_out(out: str) -> Path:
+    """The --out path of a PNG figure, refused in one sentence if it is a folder or not named .png."""
+    path = Path(out)
+    if path.is_dir():
+        raise InputError(f"--out {out} is a folder; give the name of the PNG file to write, e.g. {path / 'views.png'}")
+    if path.suffix.lower() != ".png":
+        raise InputError(f"--out {out} is not a .png name; give a file name ending in .png")
+    return path
+
+
 def register(sub) -> None:
     p = sub.add_parser("views", help="draw the nine views of one nodule to a PNG",
                        description="Cut the nine 2.5D views around a nodule and draw them, labelled by plane, "
@@ -29,6 +47,7 @@ def register(sub) -> None:
     where.add_argument("--coord", help="nodule centre X,Y,Z in world mm (LPS); default: the image centre")
     where.add_argument("--mask", help="nodule mask aligned with the image: its centroid is the centre")
     p.add_argument("--out", required=True, help="output PNG")
+    add_series_option(p)
     add_view_options(p)
     p.set_defaults(func=run)
 
@@ -39,8 +58,9 @@ def run(args) -> int:
     from noduleclip.preprocess.pipeline import check_inside
     from noduleclip.preprocess.views import mask_centroid, sample_planes
 
+    out = check_png_out(args.out)
     config = view_config(args)
-    volume = read_volume(args.image)
+    volume = read_volume(args.image, series_uid=args.series_uid)
     if args.coord:
         center = parse_coord(args.coord)
     elif args.mask:
@@ -53,6 +73,6 @@ def run(args) -> int:
     check_inside(volume, center, "--coord")
     views = sample_planes(volume, center, config)
     title = f"{args.image}\ncentre {tuple(round(float(c), 1) for c in center)} mm (LPS)"
-    out = plot_views(views, args.out, title=title)
+    out = plot_views(views, out, title=title)
     print(f"wrote {out}")
     return 0

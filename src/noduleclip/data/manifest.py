@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from noduleclip.atomic import atomic_path
+from noduleclip.atomic import plain_cell, write_csv
 from noduleclip.errors import InputError
 from noduleclip.semantics.parse import parse_features
 
@@ -43,6 +43,12 @@ class NoduleRecord:
     features: dict = field(default_factory=dict)
     row: int = 0
     source: str = ""
+
+    @property
+    def series_uid(self) -> str | None:
+        """The manifest's series_uid for an image that is a DICOM folder (a file holds one series: None)."""
+        uid = self.columns.get("series_uid", "")
+        return uid if uid and not _blank(uid) and self.image.is_dir() else None
 
     @property
     def where(self) -> str:
@@ -128,7 +134,7 @@ class NoduleManifest:
         base = path.resolve().parent
         records, seen = [], {}
         for n, raw in enumerate(rows, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            row = {(k or "").strip(): plain_cell((v or "").strip()) for k, v in raw.items() if k is not None}
             where = f"{path.name} row {n}"
             for col in REQUIRED:
                 if _blank(row.get(col)):
@@ -168,13 +174,12 @@ class NoduleManifest:
             present = {k for r in rows for k in r}
             fieldnames = [c for c in CORE if c in present or c in REQUIRED + COORDS + ("label",)] + extra
         path = Path(path)
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=fieldnames, extrasaction="ignore")
-                writer.writeheader()
-                for r in rows:
-                    writer.writerow({k: _fmt(v) for k, v in r.items()})
-        return path
+        return write_csv(path, fieldnames, [[_cell(r.get(k)) for k in fieldnames] for r in rows], float_format=_fmt)
+
+
+def _cell(value):
+    """A manifest value as written: a float stays a number (for `_fmt`), anything else becomes its text."""
+    return value if isinstance(value, float) else _fmt(value)
 
 
 def _fmt(value) -> str:

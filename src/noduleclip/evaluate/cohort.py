@@ -165,7 +165,8 @@ def evaluate_cohort(run: str | os.PathLike, manifest_path: str | os.PathLike, ou
     comparisons and the error gallery, written into `out` with report.html and report.json."""
     from noduleclip.evaluate import compare, gallery, perturb, zero_shot
     from noduleclip.report import Section, Table, Text, write_report
-    from noduleclip.train.results import brief_scores, write_csv
+    from noduleclip.atomic import write_csv
+    from noduleclip.train.results import brief_scores
 
     perturbations = perturb.parse_perturbations(options.perturb)  # user errors before any work
     compared = [compare.read_scores(spec) for spec in options.compare]

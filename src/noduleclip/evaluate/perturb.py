@@ -181,7 +181,7 @@ def crop_for_views(volume: Volume, center_lps, config: ViewConfig, margin_mm: fl
 def _perturb_image(records: list, perturbations: list[Perturbation], config: ViewConfig, seed: int) -> list:
     """Read one scan; each nodule's views under each perturbation: [(nodule_id, {name: views} or error)]."""
     try:
-        volume = read_volume(records[0].image)
+        volume = read_volume(records[0].image, records[0].series_uid)
         check_looks_like_ct(volume)
     except Exception as exc:  # noqa: BLE001 - reported per nodule, as the preprocessing does
         return [(r.nodule_id, f"could not read {records[0].image}: {exc}") for r in records]

@@ -11,7 +11,6 @@ the same nodules are formed in the XML's own units: pixels scaled by a nominal p
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from noduleclip.atomic import atomic_path, staged_dir
+from noduleclip.atomic import staged_dir, write_csv
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError, NoduleClipError
 from noduleclip.importers.crops import path_for_manifest
@@ -286,9 +285,5 @@ def read_lidc_ratings(xml_source, malignant_at: int = 4, benign_at: int = 2, min
 def write_ratings(path, rows: list[dict]) -> Path:
     """Write the ratings table as CSV, atomically (empty cells for missing ratings and unknown labels)."""
     path = Path(path).expanduser()
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(RATINGS_COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return path
+    return write_csv(path, RATINGS_COLUMNS, [["" if row.get(k) is None else row[k] for k in RATINGS_COLUMNS]
+                                              for row in rows])

@@ -163,7 +163,7 @@ def choose_ct_series(series: list[DicomSeries], folder: Path, series_uid: str | 
         match = [s for s in series if s.uid == series_uid]
         if not match:
             found = f"its CT series are {listing}" if cts else "it holds no CT image series"
-            raise InputError(f"series {series_uid} is not in {folder}: {found}; pass one of those as series_uid")
+            raise InputError(f"series {series_uid} is not in {folder}: {found}; pass one of those with --series-uid (or in the manifest's series_uid column)")
         if not match[0].is_ct_image:
             raise InputError(f"series {series_uid} in {folder} is {match[0].describe()}, not a CT image series; pass a CT series' UID")
         return match[0]
@@ -176,7 +176,7 @@ def choose_ct_series(series: list[DicomSeries], folder: Path, series_uid: str | 
                 else "pass the folder that holds the CT slices")
         raise InputError(f"no CT image series in {folder} (found {found}); {hint}")
     if len(cts) > 1:
-        raise InputError(f"{folder} holds {len(cts)} CT series: {listing}; pass series_uid to choose one")
+        raise InputError(f"{folder} holds {len(cts)} CT series: {listing}; choose one with --series-uid UID (or the manifest's series_uid column)")
     return cts[0]
 
 

@@ -153,7 +153,8 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
     if path.is_dir():
         return read_dicom_series(path, series_uid)
     if series_uid is not None:
-        raise InputError(f"series_uid only applies to DICOM folders, and {path} is a file; drop series_uid or pass the folder")
+        raise InputError(f"a series UID (--series-uid or the manifest's series_uid column) only applies to DICOM "
+                         f"folders, and {path} is a file; drop the series UID or pass the folder")
     if _is_dicom_file(path):
         raise InputError(f"{path} is a single DICOM file; pass the folder that holds the whole series")
     volume = _read_file_volume(path)

@@ -12,12 +12,14 @@ from pathlib import Path
 
 from ..atomic import staged_dir
 from ..errors import InputError
+from ..typed_json import read_json_object
 from .model import ModelConfig, NoduleClipModel
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
 FORMAT = "noduleclip-model"
 FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 RANDOM_WARNING = "RANDOM TOWER WEIGHTS: this model's towers are not pretrained; use it for tests and timing only."
 
 
@@ -48,13 +50,28 @@ def read_model_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise InputError(f"{folder} is not a saved noduleclip model: {CONFIG_FILE} is missing.")
-    try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); the model folder is damaged.") from None
+    document = read_json_object(path, "the model folder is damaged, so save or train the model again")
     if document.get("format") != FORMAT or document.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{path} is not a noduleclip model file of format version {FORMAT_VERSION}.")
-    return ModelConfig.from_dict(document["config"]), document
+    if "config" not in document:
+        raise InputError(f"{path} has no key 'config' (the model's settings); the model folder is damaged, so save "
+                         "or train the model again")
+    return ModelConfig.from_dict(document["config"], f"{path} (its 'config')"), document
+
+
+def check_safetensors_weights(weights: str | Path, where: str) -> None:
+    """Refuse tower weights that are PyTorch pickle files (loading them runs code), naming `where` they came from."""
+    path = Path(weights)
+    if path.is_dir():
+        if any(path.glob("*.safetensors")):
+            return
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    else:
+        pickled = [path.name] if path.suffix in PICKLE_SUFFIXES else []
+    if pickled:
+        raise InputError(f"{where} names tower weights {path}, which holds {', '.join(pickled)} but no .safetensors "
+                         "file, and noduleclip never loads pickled PyTorch weights; save them as safetensors (e.g. "
+                         "save_pretrained(..., safe_serialization=True)) and pass that folder.")
 
 
 def load_model(folder: str | Path, weights: str | Path | None = None, device: str = "cpu") -> NoduleClipModel:
@@ -69,6 +86,8 @@ def load_model(folder: str | Path, weights: str | Path | None = None, device: st
         config.weights = str(weights)
     if config.weights is not None and not Path(config.weights).exists():
         raise InputError(f"The towers of {folder} were built from {config.weights}, which is gone; pass weights=... .")
+    if config.weights is not None:
+        check_safetensors_weights(config.weights, str(folder / CONFIG_FILE) if weights is None else "weights=")
     for name in ("weights_source", "tokenizer", "tower_fingerprint"):
         setattr(config, name, "")
     model = NoduleClipModel(config)

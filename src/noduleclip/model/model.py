@@ -68,17 +68,18 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"The model configuration has unknown fields {unknown}; it was written by another noduleclip version.")
-        values = dict(data)
-        if isinstance(values.get("lora"), Mapping):
-            lora = dict(values["lora"])
-            lora["target_names"] = tuple(lora.get("target_names", LoraSettings.target_names))
-            values["lora"] = LoraSettings(**lora)
-        return cls(**values)
+    def from_dict(cls, data: Mapping, where: str = "the model configuration") -> "ModelConfig":
+        """Rebuild a configuration from `to_dict` output (a model.json's "config"), refusing unknown keys, values of
+        the wrong type and an unknown backbone in one sentence naming `where`."""
+        from ..typed_json import typed_fields
+        from .backbones import list_backbones
+
+        remedy = "save the model again, or use the noduleclip version that wrote it"
+        config = cls(**typed_fields(cls, data, where, remedy))
+        if config.backbone not in list_backbones():
+            raise InputError(f"{where} names the unknown backbone {config.backbone!r} (known backbones: "
+                             f"{', '.join(list_backbones())}); {remedy}")
+        return config
 
 
 @dataclass

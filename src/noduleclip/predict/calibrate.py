@@ -24,14 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from noduleclip.atomic import write_text
+from noduleclip.atomic import plain_cell, write_text
 from noduleclip.errors import InputError
+from noduleclip.typed_json import read_json_object, typed_fields
 
 CALIBRATOR_FILE = "calibrator.json"
 FORMAT = "noduleclip-calibrator"
 FORMAT_VERSION = 1
 METHODS = ("isotonic", "platt", "none")
 _EPS = 1e-6
+_REFIT = "fit it again with noduleclip.predict.calibrate_run(RUN)"
 
 
 @dataclass(frozen=True)
@@ -77,14 +79,21 @@ class Calibrator:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "calibrator") -> "Calibrator":
+        """A calibrator from `to_dict` output, refusing unknown keys, wrong types and unusable knots in one sentence."""
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             raise InputError(f"{where} is not a noduleclip calibrator of format version {FORMAT_VERSION}; "
-                             "fit it again with noduleclip.predict.calibrate_run(RUN)")
-        values = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+                             f"{_REFIT}")
+        values = typed_fields(cls, {k: v for k, v in data.items() if k not in ("format", "format_version")}, where,
+                              _REFIT)
         if values.get("method") not in METHODS:
-            raise InputError(f"{where} names an unknown calibration method {values.get('method')!r}; "
-                             "fit it again with noduleclip.predict.calibrate_run(RUN)")
-        return cls(**values)
+            raise InputError(f"{where} names an unknown calibration method {values.get('method')!r}; {_REFIT}")
+        calibrator = cls(**values)
+        xs, ys = calibrator.knots_x, calibrator.knots_y
+        if calibrator.method == "isotonic" and (len(xs) != len(ys) or not xs or np.any(np.diff(xs) < 0)
+                                                or not np.all(np.isfinite(xs + ys))):
+            raise InputError(f"{where} has unusable isotonic knots (knots_x and knots_y must be equally long, "
+                             f"non-empty, finite, knots_x increasing); {_REFIT}")
+        return calibrator
 
     def save(self, path: str | os.PathLike) -> Path:
         write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
@@ -92,12 +101,8 @@ class Calibrator:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Calibrator":
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError:
-            raise InputError(f"{path} is not valid JSON; fit the calibrator again with "
-                             "noduleclip.predict.calibrate_run(RUN)") from None
-        return cls.from_dict(data, str(path))
+        """Read a calibrator.json written by `save`."""
+        return cls.from_dict(read_json_object(path, _REFIT), str(path))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -182,7 +187,7 @@ def read_validation_predictions(path: str | os.PathLike) -> tuple[np.ndarray, np
         rows = list(csv.DictReader(handle))
     try:
         risk = np.array([float(r["probability"]) for r in rows])
-        labels = np.array([float(r["label"]) if r["label"].strip() else np.nan for r in rows])
+        labels = np.array([float(plain_cell(r["label"])) if r["label"].strip() else np.nan for r in rows])
     except (KeyError, ValueError) as exc:
         raise InputError(f"{path} is not a validation-predictions file ({exc}); it is damaged") from None
     return risk, labels

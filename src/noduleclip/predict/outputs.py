@@ -12,7 +12,6 @@ again on failure.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from noduleclip import __version__
-from noduleclip.atomic import staged_dir
+from noduleclip.atomic import staged_dir, write_csv
 from noduleclip.errors import InputError
 from noduleclip.io import Volume
 
@@ -65,13 +64,6 @@ def _csv_rows(predictions: Sequence) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows([[repr(v) if isinstance(v, float) else v for v in row] for row in rows])
-
-
 def _readable(folder: Path) -> None:
     """Give the staged files the permissions of a plain new file (atomic writes start them private)."""
     umask = os.umask(0)
@@ -102,7 +94,7 @@ def write_outputs(out: str | os.PathLike, predictions: Sequence, volume: Volume,
     try:
         with staged_dir(out) as stage:
             (stage / "predictions.json").write_text(json.dumps(document, indent=2) + "\n")
-            _write_csv(stage / "predictions.csv", *_csv_rows(predictions))
+            write_csv(stage / "predictions.csv", *_csv_rows(predictions))
             for prediction, panel in zip(predictions, panels):
                 draw_panel(prediction, stage / panel, title=Path(volume.source).name)
             if report is not None:

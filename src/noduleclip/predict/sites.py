@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from noduleclip.atomic import plain_cell
 from noduleclip.errors import InputError
 from noduleclip.io import Volume, check_looks_like_ct, read_mask, read_volume
 from noduleclip.preprocess.pipeline import check_inside, crop_center
@@ -35,9 +36,10 @@ class NoduleSite:
     where: str
 
 
-def read_image(image: str | os.PathLike | Volume) -> Volume:
-    """The CT as a Volume (read from a DICOM folder or a NIfTI/MHA/NRRD file), refused if it does not look like CT."""
-    volume = image if isinstance(image, Volume) else read_volume(image)
+def read_image(image: str | os.PathLike | Volume, series_uid: str | None = None) -> Volume:
+    """The CT as a Volume (read from a DICOM folder, its series `series_uid` if given, or a NIfTI/MHA/NRRD file),
+    refused if it does not look like CT."""
+    volume = image if isinstance(image, Volume) else read_volume(image, series_uid)
     check_looks_like_ct(volume)
     return volume
 
@@ -89,7 +91,7 @@ def read_nodule_table(path: str | os.PathLike, volume: Volume) -> list[NoduleSit
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = [h.strip() for h in reader.fieldnames or []]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in raw.items()} for raw in reader]
+            rows = [{(k or "").strip(): plain_cell((v or "").strip()) for k, v in raw.items()} for raw in reader]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"nodule table {path} is not a readable CSV file ({exc}); save it as UTF-8 CSV") from None
     has_coords = all(c in header for c in COORD_COLUMNS)

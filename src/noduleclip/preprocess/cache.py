@@ -4,6 +4,8 @@ One compressed `.npz` per nodule under `CACHE/views/`, holding the views as floa
 nodule's metadata (ids, centre in LPS mm, the manifest fields the views were computed from).
 `CACHE/cache.json` records the view settings; a cache made with other settings is refused.
 A nodule is up to date when its file exists and its stored source fields match the manifest row.
+Every file is written under a hidden temporary name and renamed into place; the temporary files that
+a killed run leaves are removed by the next `preprocess_manifest` on the cache.
 """
 
 from __future__ import annotations
@@ -91,6 +93,21 @@ class ViewCache:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, views=views.astype(np.float16), meta=np.array(json.dumps(meta)))
         return path
+
+    def remove_stale_temporaries(self, before: float) -> list[Path]:
+        """Delete the hidden temporary files of writes that began before the time `before` (from a killed run)."""
+        removed = []
+        for folder in (self.root, self.root / "views"):
+            if not folder.is_dir():
+                continue
+            for path in folder.glob(".*.tmp*"):
+                try:
+                    if path.is_file() and path.stat().st_mtime < before:
+                        path.unlink()
+                        removed.append(path)
+                except FileNotFoundError:  # finished or removed meanwhile
+                    continue
+        return removed
 
     def load(self, nodule_id: str) -> np.ndarray:
         """The nine views of one nodule as float32 (9, size, size)."""

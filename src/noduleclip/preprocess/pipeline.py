@@ -1,7 +1,10 @@
 """From a manifest to the view cache: read each scan once, cut every nodule's nine views.
 
 Work is grouped by image so that a scan with several nodules is read once; groups run in worker
-processes. A nodule that fails is reported with its reason and the others still complete.
+processes. A nodule that fails is reported with its reason and the others still complete. An
+interruption (Ctrl-C) cancels the pending work and ends the workers at once; a worker whose parent
+process is gone (killed) exits by itself. Temporary files that a killed run left in the cache are
+removed when a run ends.
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ from __future__ import annotations
 import concurrent.futures as futures
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -98,7 +104,7 @@ class PreprocessReport:
 def _process_image(records: list[NoduleRecord], cache: ViewCache) -> list[tuple[str, str | None]]:
     """Read one image and cache the views of its nodules; returns (nodule_id, error or None)."""
     try:
-        volume = read_volume(records[0].image)
+        volume = read_volume(records[0].image, records[0].series_uid)
         check_looks_like_ct(volume)
     except NoduleClipError as exc:
         return [(r.nodule_id, str(exc)) for r in records]
@@ -131,7 +137,7 @@ def preprocess_manifest(
         if cache.is_current(record):
             report.skipped.append(record.nodule_id)
         else:
-            groups[str(record.image)].append(record)
+            groups[f"{record.image}|{record.series_uid or ''}"].append(record)  # one read per scan
     bar = tqdm(total=sum(len(g) for g in groups.values()), unit="nodule", desc="views", disable=not progress)
     workers = max(1, min(workers, len(groups)))
 
@@ -140,22 +146,62 @@ def preprocess_manifest(
             (report.failed.append((nid, err)) if err else report.done.append(nid))
         bar.update(len(results))
 
-    if workers == 1:
-        for records in groups.values():
-            collect(_process_image(records, cache))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        try:
-            with futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                jobs = [pool.submit(_process_image, records, cache) for records in groups.values()]
-                for job in futures.as_completed(jobs):
-                    collect(job.result())
-        except futures.process.BrokenProcessPool:
-            raise InputError("a preprocessing worker process died (out of memory, or a script that calls noduleclip "
-                             "without `if __name__ == \"__main__\":`, which worker processes need); guard the "
-                             "script's entry point or pass workers=1") from None
-    bar.close()
+    started = time.time()
+    try:
+        if workers == 1:
+            for records in groups.values():
+                collect(_process_image(records, cache))
+        else:
+            _run_pool(list(groups.values()), cache, workers, collect)
+    finally:
+        bar.close()
+        cache.remove_stale_temporaries(before=started)
     return report
+
+
+def _watch_parent(parent: int) -> None:
+    """Worker start: leave Ctrl-C to the parent, and exit as soon as the parent process is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _stop_pool(pool: futures.ProcessPoolExecutor) -> None:
+    """Cancel the pending work and end the worker processes now, without waiting for the nodules they compute."""
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=2)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=1)
+
+
+def _run_pool(groups: list[list[NoduleRecord]], cache: ViewCache, workers: int, collect) -> None:
+    """Process the image groups in `workers` processes, passing each group's results to `collect`."""
+    ctx = multiprocessing.get_context("spawn")
+    pool = futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_watch_parent, initargs=(os.getpid(),))
+    try:
+        jobs = [pool.submit(_process_image, records, cache) for records in groups]
+        for job in futures.as_completed(jobs):
+            collect(job.result())
+    except futures.process.BrokenProcessPool:
+        _stop_pool(pool)
+        raise InputError("a preprocessing worker process died (out of memory, or a script that calls noduleclip "
+                         "without `if __name__ == \"__main__\":`, which worker processes need); guard the "
+                         "script's entry point or pass workers=1") from None
+    except BaseException:
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
 
 
 def default_workers() -> int:

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from noduleclip.errors import InputError
 from noduleclip.model import DEFAULT_BACKBONE, TUNING_MODES, LoraSettings
+from noduleclip.model.checkpoint import check_safetensors_weights
 from noduleclip.preprocess.views import ViewConfig
 
 SAMPLERS = ("semantic", "class", "none")
@@ -135,6 +136,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise InputError(f"{message}; fix the training option")
+        if self.weights is not None:
+            check_safetensors_weights(self.weights, "--weights")
         return self
 
     def model_settings(self) -> dict:
@@ -151,17 +154,22 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "TrainConfig":
-        """Rebuild a configuration from `to_dict` output (e.g. a run's config.json)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"training configuration has unknown settings {unknown}; it was written by another "
-                             "noduleclip version")
-        values = dict(data)
-        if isinstance(values.get("views"), Mapping):
-            values["views"] = ViewConfig(**values["views"])
-        return cls(**values)
+    def from_dict(cls, data: Mapping, where: str = "the run's training configuration") -> "TrainConfig":
+        """Rebuild a configuration from `to_dict` output (e.g. a run's config.json), refusing unknown keys, values
+        of the wrong type, an unknown backbone and settings that cannot work in one sentence naming `where`."""
+        from noduleclip.model import list_backbones
+        from noduleclip.typed_json import typed_fields
+
+        remedy = "train the run again, or use the noduleclip version that wrote it"
+        config = cls(**typed_fields(cls, data, where, remedy))
+        if config.backbone not in list_backbones():
+            raise InputError(f"{where} names the unknown backbone {config.backbone!r} (known backbones: "
+                             f"{', '.join(list_backbones())}); {remedy}")
+        try:
+            return config.validate()
+        except InputError as error:
+            raise InputError(f"{where} has a setting that cannot work ({str(error).rsplit('; ', 1)[0]}); "
+                             f"{remedy}") from None
 
     def differences(self, other: "TrainConfig") -> list[str]:
         """'name: this -> other' for each result-changing setting that differs.

@@ -9,14 +9,13 @@ and precision at recall 0.6/0.7/0.8/0.9, at nodule and patient level (`classific
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from noduleclip.atomic import atomic_path, write_text
+from noduleclip.atomic import write_csv, write_text
 from noduleclip.evaluate.metrics import classification_metrics, jsonable, patient_level
 
 RECALLS = (0.6, 0.7, 0.8, 0.9)
@@ -24,17 +23,6 @@ RECALLS = (0.6, 0.7, 0.8, 0.9)
 
 def label_text(label: float) -> str:
     return "" if np.isnan(label) else str(int(label))
-
-
-def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> Path:
-    """Write a CSV atomically; floats keep full precision."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            for row in rows:
-                writer.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else v for v in row])
-    return path
 
 
 def scored_set(ids: Sequence[str], patients: Sequence[str], labels: np.ndarray, risk: np.ndarray,

@@ -19,7 +19,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from noduleclip.atomic import atomic_path
+from noduleclip.atomic import plain_cell, write_csv
 from noduleclip.errors import InputError
 from noduleclip.evaluate.metrics import label_array
 
@@ -97,13 +97,7 @@ class SplitPlan:
 
     def write_csv(self, path: str | os.PathLike) -> Path:
         """Write splits.csv atomically."""
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(SPLIT_COLUMNS)
-                writer.writerows(self.rows)
-        return path
+        return write_csv(path, SPLIT_COLUMNS, self.rows)
 
     @classmethod
     def read_csv(cls, path: str | os.PathLike, check: bool = True) -> "SplitPlan":
@@ -133,7 +127,7 @@ def _side_name(role: str, fold: int) -> str:
 
 
 def _parse_row(raw: dict, where: str) -> SplitRow:
-    pid, nid, role = ((raw.get(c) or "").strip() for c in ("patient_id", "nodule_id", "role"))
+    pid, nid, role = (plain_cell((raw.get(c) or "").strip()) for c in ("patient_id", "nodule_id", "role"))
     if not pid or not nid:
         raise InputError(f"{where}: patient_id and nodule_id must not be empty")
     if role not in ("test", "train"):
