@@ -10,8 +10,10 @@ calibrator.json (fit on the out-of-fold predictions, used by `predict`),
 and the view cache (cache/) unless another one was named. Running again on the same folder with
 the same settings resumes: finished folds are skipped, an unfinished one continues after its last
 finished epoch, and the result is the one an uninterrupted run gives. Other settings or another
-manifest on an existing run folder are refused. A splits.csv placed in a new run folder is used
-instead of making one (it is checked for leakage like any other).
+manifest on an existing run folder are refused, except that a run that finished no fold (one that
+failed on a bad manifest row, say) starts over on a corrected manifest, keeping its view cache. A
+splits.csv placed in a new run folder is used instead of making one (it is checked for leakage like
+any other).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,8 +42,8 @@ from noduleclip.preprocess.pipeline import default_workers, preprocess_manifest
 from noduleclip.semantics import record_features
 from noduleclip.train.config import TrainConfig
 from noduleclip.train.dataset import NoduleDataset, augmented_variants, sampling_weights
-from noduleclip.train.loop import FoldData, build_fold_model, device_name, read_done, train_fold
-from noduleclip.train.resume import RunLog, remove_partial_writes
+from noduleclip.train.loop import DONE_FILE, FoldData, build_fold_model, device_name, read_done, train_fold
+from noduleclip.train.resume import RunLog, remove_partial_writes, resumed_epochs
 from noduleclip.train.results import brief_scores, format_summary, write_results
 from noduleclip.train.splits import SplitPlan, make_splits
 
@@ -60,8 +63,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _check_run_folder(run: Path, config: TrainConfig, manifest_sha: str) -> dict | None:
-    """The existing run's config.json document (refusing other options or another manifest), or None for a new run."""
+def _check_run_folder(run: Path, config: TrainConfig, manifest_sha: str) -> tuple[dict | None, bool]:
+    """The existing run's config.json document (refusing other options or another manifest), or None for a new run,
+    and whether the folder holds a run that finished no fold on another manifest (to be started over)."""
     if run.exists() and not run.is_dir():
         raise InputError(f"--out {run} is a file; give a folder for the run")
     document = read_run_document(run, missing_ok=True)
@@ -71,15 +75,46 @@ def _check_run_folder(run: Path, config: TrainConfig, manifest_sha: str) -> dict
         if others:
             raise InputError(f"{run} is not empty and is not a noduleclip run folder (it holds {others[0]!r}); "
                              "choose a new --out folder")
-        return None
+        return None, False
     changed = TrainConfig.from_dict(document["train"]).differences(config)
     if changed:
         raise InputError(f"run folder {run} was made with other options ({'; '.join(changed)}); resume it with its "
                          "own options (see its config.json) or choose a new --out folder")
     if document["manifest"]["sha256"] != manifest_sha:
-        raise InputError(f"run folder {run} was trained on another manifest ({document['manifest']['path']}); "
-                         "resume it with that manifest or choose a new --out folder")
-    return document
+        finished = [k for k in range(config.folds) if (run / f"fold_{k}" / DONE_FILE).is_file()]
+        if not finished:
+            return None, True
+        raise InputError(f"run folder {run} was trained on another manifest ({document['manifest']['path']}) and "
+                         f"fold_{finished[0]} has finished; resume it with that manifest or choose a new --out folder")
+    return document, False
+
+
+def _clear_run_folder(run: Path, config: TrainConfig) -> None:
+    """Empty a run folder that finished no fold, keeping its view cache and a splits.csv placed before the run began."""
+    caches = {(run / "cache").resolve(), Path(config.cache).resolve() if config.cache else None}
+    splits, described = run / "splits.csv", run / "config.json"
+    keep_splits = splits.is_file() and described.is_file() and splits.stat().st_mtime < described.stat().st_mtime
+    for path in run.iterdir():
+        if (path == splits and keep_splits) or any(c == path.resolve() or path.resolve() in c.parents
+                                                   for c in caches if c is not None):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _report_resume(run: Path, config: TrainConfig) -> None:
+    """Print one line naming the finished folds that are reused and the fold that continues after an epoch."""
+    finished = [f"fold_{k}" for k in range(config.folds) if read_done(run / f"fold_{k}") is not None]
+    continuing = [(k, epochs) for k in range(config.folds) if read_done(run / f"fold_{k}") is None
+                  and (epochs := resumed_epochs(run / f"fold_{k}" / "resume")) is not None]
+    if not finished and not continuing:
+        return
+    parts = [f"reusing finished {', '.join(finished)}"] if finished else []
+    parts += [f"fold_{k} continues from epoch {epochs + 1} of {config.epochs}" if epochs < config.epochs
+              else f"fold_{k} has trained its {epochs} epochs and only its validation remains" for k, epochs in continuing]
+    print(f"resuming run {run}: {'; '.join(parts)}", flush=True)
 
 
 def _describe(config: TrainConfig, manifest: NoduleManifest, manifest_sha: str, model: NoduleClipModel,
@@ -178,11 +213,17 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
                          "needs malignant (1) and benign (0) nodules")
     features = [record_features(r) for r in manifest]  # a bad semantic value stops the run before any training
     manifest_sha = _sha256(Path(manifest_path))
-    document = _check_run_folder(run, config, manifest_sha)
-    plan = _splits(run, manifest, config)
+    document, restart = _check_run_folder(run, config, manifest_sha)
     with _compute_settings(config):
         accelerator = _accelerator(config)
         main = accelerator.is_main_process
+        if restart:
+            if main:
+                print(f"run folder {run} finished no fold and was started on another manifest; starting it over on "
+                      f"{manifest_path} (the view cache is kept)", flush=True)
+                _clear_run_folder(run, config)
+            accelerator.wait_for_everyone()
+        plan = _splits(run, manifest, config)
         probe = build_fold_model(config, 0)
         described = _describe(config, manifest, manifest_sha, probe, features)
         if document and document["model"]["tower_fingerprint"] != described["model"]["tower_fingerprint"]:
@@ -218,6 +259,8 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
         records, position = manifest.records, {r.nodule_id: i for i, r in enumerate(manifest)}
         labels = np.array([np.nan if r.label is None else r.label for r in records], dtype=float)
         log, folds = RunLog(run / "log.jsonl"), []
+        if main:
+            _report_resume(run, config)
         for k in range(config.folds):
             folder = run / f"fold_{k}"
             done = read_done(folder)

@@ -101,6 +101,20 @@ def load_resume_state(folder: str | os.PathLike, model: nn.Module, optimizer, sc
     return document["progress"]
 
 
+def resumed_epochs(folder: str | os.PathLike) -> int | None:
+    """The number of finished epochs a fold's resume file records, or None without a readable one."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return int(json.loads(handle.metadata()["noduleclip"])["progress"]["epochs_done"])
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 def remove_partial_writes(folder: str | os.PathLike, recursive: bool = True) -> None:
     """Delete the hidden temporary files and staging folders that a killed write leaves behind."""
     folder = Path(folder)
