@@ -1,6 +1,7 @@
 """Real-data benchmark: the ablation models on the 665 LIDC-IDRI nodule crops, on the same patient-level folds.
 
-    .venv/bin/python benchmarks/lidc.py                          # CPU defaults: 5 folds, 6 epochs, 112 px
+    .venv/bin/python benchmarks/lidc.py                          # CPU defaults: 5 folds, up to 20 epochs, 112 px
+    .venv/bin/python benchmarks/lidc.py --models probe --levers  # the lever table (a probe run per lever)
     .venv/bin/python benchmarks/lidc.py --quick --out /tmp/q     # smoke run: tiny random towers, ~40 crops
 
 Needs ../shared/data (real LIDC-IDRI). Protocol: 5-fold patient-level cross-validation on all 370 patients
@@ -11,8 +12,11 @@ AUROC, chosen by nobody, is printed beside it. --test-fraction 0.2 runs the pape
 (20% of patients held out; the fold models and their ensemble are then also scored on them).
 Prints per fold and pooled AUROC/AUPRC of each model (lora, probe, vision-only, semantic), diameter alone
 and an LR on the LIDC ratings on the same folds, the LoRA model's zero-shot feature AUROC (each fold's
-model on its own validation nodules only), and a semantic-only LR over every LIDC nodule of the XML set.
-Writes OUT/lidc_benchmark.json; OUT/ablation/ holds the runs (finished models are reused when run again).
+model on its own validation nodules only), and a semantic-only LR over every LIDC nodule of the XML set;
+then each model's AUROC within diameter strata (what it reads beyond size), the lever table (--levers), and
+the goals, each met or not, with DeLong tests against diameter alone and of lora against vision-only.
+Writes OUT/lidc_benchmark.json; OUT/ablation/ and OUT/levers/ hold the runs (finished runs are reused when
+run again, so a table can be finished by parts).
 """
 
 from __future__ import annotations
@@ -26,14 +30,18 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import shutil
+from dataclasses import replace
+
 import numpy as np
 
 from noduleclip.ablate import mean_sd, parse_models, run_ablation, semantic_cv_table, shared_splits
 from noduleclip.ablate.semantic_baseline import fit_semantic_baseline
-from noduleclip.atomic import write_text
+from noduleclip.atomic import plain_cell, write_text
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
 from noduleclip.evaluate.metrics import jsonable
+from noduleclip.evaluate.stats import delong_test, wilcoxon
 from noduleclip.importers import import_crops, read_lidc_ratings
 from noduleclip.semantics.prompts import ENSEMBLE, PAPER
 from noduleclip.train.config import TrainConfig
@@ -42,12 +50,24 @@ from noduleclip.train.resume import RunLog
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-FULL = dict(backbone="dinov2-s+minilm", folds=5, epochs=6, image_size=112, lora_image_blocks=2, bootstrap=1000)
-QUICK = dict(backbone="tiny", folds=2, epochs=1, image_size=28, lora_image_blocks=1, bootstrap=50)
+# The recipe that the lever table chose by cross-validation (see LEVERS): plain shuffling, lr 3e-4, up to 20
+# epochs with patience 5, a size head and a 24 mm field of view.
+RECIPE = dict(sampler="none", lr=3e-4, patience=5, field_of_view=24, size_weight=1.0, batch_size=8)
+FULL = dict(backbone="dinov2-s+minilm", folds=5, epochs=20, image_size=112, lora_image_blocks=2, bootstrap=1000, **RECIPE)
+QUICK = dict(backbone="tiny", folds=2, epochs=1, image_size=28, lora_image_blocks=1, bootstrap=50, **RECIPE)
 QUICK_PATIENTS, QUICK_XML_FILES = 10, 150  # per class; XML files read in --quick
 REFERENCES = {"diameter alone": 0.88, "LIDC characteristics + diameter LR": 0.93,
               "frozen DINOv2-S 112 px, mean+max pooled LR": 0.91, "semantic-only LR on NLST (paper)": 0.888}
-GOALS = {"image-only AUROC": 0.90, "zero-shot margins AUROC": 0.80, "zero-shot consistency AUROC": 0.80}
+GOALS = {"image-only AUROC": 0.94, "DeLong p against diameter": 0.05,
+         **{f"zero-shot {f} AUROC": 0.85 for f in ("margins", "consistency", "calcification_pattern", "shape")}}
+# Each lever adds one change to the row above it; all train --lever-model on the same folds.
+LEVERS = (
+    ("before: rare-feature sampler, whole 50 mm views, lr 1e-3, 6 epochs",
+     dict(sampler="semantic", field_of_view=None, size_weight=0.0, lr=1e-3, epochs=6)),
+    ("plain shuffling, lr 3e-4, up to 20 epochs (patience 5)", dict(sampler="none", lr=3e-4, epochs=20)),
+    ("+ size head: regress log-diameter, weight 1", dict(size_weight=1.0)),
+    ("+ zoom: the central 24 mm of each view", dict(field_of_view=24)),
+)
 
 
 def num(value) -> str:
@@ -171,6 +191,146 @@ def xml_semantic(source: Path, folds: int, seed: int) -> dict:
     return {k: v for k, v in table.items() if not k.startswith("oof_")} | {"nodules": len(rows)}
 
 
+def pooled_predictions(folder: Path) -> dict[str, float]:
+    """nodule id -> out-of-fold probability of a finished run (its val_predictions.csv)."""
+    with open(folder / "val_predictions.csv", newline="") as handle:
+        return {plain_cell(row["nodule_id"]): float(row["probability"]) for row in csv.DictReader(handle)}
+
+
+def against(manifest: NoduleManifest, scores: dict[str, float], other: dict[str, float]) -> dict:
+    """DeLong test of two score sets on the labelled nodules both scored."""
+    label = {r.nodule_id: r.label for r in manifest if r.label is not None}
+    ids = [n for n in label if n in scores and n in other]
+    y = np.array([label[n] for n in ids], dtype=float)
+    result = delong_test(y, [scores[n] for n in ids], [other[n] for n in ids])
+    return {"auroc": result.auc_a, "other_auroc": result.auc_b, "z": result.z, "p": result.p, "n": len(ids)}
+
+
+def diameters(manifest: NoduleManifest) -> dict[str, float]:
+    return {r.nodule_id: float(r.features["long_diameter_mm"]) for r in manifest if "long_diameter_mm" in r.features}
+
+
+def training_seconds(folder: Path) -> float:
+    """The epochs' wall time of a finished run, from its log (the frozen blocks computed once are not in it)."""
+    return sum(e.get("seconds", 0.0) for e in RunLog(folder / "log.jsonl").entries() if e.get("event") == "epoch")
+
+
+def run_levers(out: Path, config: TrainConfig, model: str, manifest: NoduleManifest, quick: bool = False) -> list[dict]:
+    """Train `model` once per lever row (cumulative settings) on the shared splits; AUROC, DeLong against diameter, time.
+
+    `quick` keeps the configuration's epochs (a smoke run of the table, not a result)."""
+    rows, settings = [], {}
+    for n, (name, change) in enumerate(LEVERS):
+        settings.update({k: v for k, v in change.items() if not (quick and k == "epochs")})
+        folder = out / "levers" / f"{n}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "splits.csv").is_file():
+            shutil.copyfile(out / "ablation" / "splits.csv", folder / "splits.csv")
+        tick = time.perf_counter()
+        print(f"    lever {n}: {name}", flush=True)
+        run_ablation(out / "manifest.csv", folder, replace(config, **settings), models=[model],
+                     echo=lambda t: print("      " + t))
+        summary = model_summary(folder / model)
+        scores = pooled_predictions(folder / model)
+        rows.append({"lever": name, "settings": dict(settings), "model": model,
+                     "seconds": training_seconds(folder / model), "wall_seconds": time.perf_counter() - tick,
+                     "pooled_auroc": summary["nodule"]["auroc"], "pooled_auroc_ci": summary["nodule"]["auroc_ci"],
+                     "fold_mean_auroc": mean_sd([f["auroc"] for f in summary["folds"]])[0],
+                     "last_epoch_auroc": mean_sd([f["last_epoch_auroc"] for f in summary["folds"]])[0],
+                     "against_diameter": against(manifest, scores, diameters(manifest))})
+    return rows
+
+
+def print_levers(rows: list[dict]) -> None:
+    print(f"\nlevers ({rows[0]['model']}, each row adds one change to the row above; the same folds)")
+    print(f"  {'lever':<64} {'pooled AUROC [95% CI]':<24} {'fold mean':>9} {'last ep.':>8} "
+          f"{'vs diameter (DeLong p)':>24} {'epochs, time':>13}")
+    for row in rows:
+        ci, d = row["pooled_auroc_ci"] or (None, None), row["against_diameter"]
+        print(f"  {row['lever'][:64]:<64} {num(row['pooled_auroc'])} [{num(ci[0])}, {num(ci[1])}]   "
+              f"{num(row['fold_mean_auroc']):>9} {num(row['last_epoch_auroc']):>8} "
+              f"{d['auroc'] - d['other_auroc']:+.3f} (p {d['p']:.3f})      {row['seconds'] / 60:8.1f} min")
+
+
+SIZE_STRATA = ((0.0, 10.0), (10.0, 20.0), (20.0, float("inf")))  # long-axis diameter, mm
+
+
+def size_strata(manifest: NoduleManifest, scores: dict[str, dict[str, float]]) -> list[dict]:
+    """AUROC of each score set within diameter strata: what a model reads beyond size (diameter alone is beside it).
+
+    Within a stratum the size varies little, so a model that reads only size falls towards 0.5 there. Also
+    the median risk of the stratum's benign nodules: small benign nodules must not score as large ones."""
+    from sklearn.metrics import roc_auc_score
+
+    size = diameters(manifest)
+    label = {r.nodule_id: r.label for r in manifest if r.label is not None}
+    rows = []
+    for low, high in SIZE_STRATA:
+        ids = [n for n in label if n in size and low <= size[n] < high and all(n in s for s in scores.values())]
+        y = np.array([label[n] for n in ids])
+        row = {"stratum_mm": [low, high], "n": len(ids), "n_pos": int(y.sum()), "auroc": {}, "benign_median_risk": {}}
+        for name, score in {**scores, "diameter alone": size}.items():
+            values = np.array([score[n] for n in ids])
+            row["auroc"][name] = float(roc_auc_score(y, values)) if 0 < y.sum() < len(y) else None
+            if name != "diameter alone":
+                row["benign_median_risk"][name] = float(np.median(values[y == 0])) if (y == 0).any() else None
+        rows.append(row)
+    return rows
+
+
+def print_size_strata(rows: list[dict]) -> None:
+    print("\nAUROC within diameter strata (pooled out of fold; benign median risk in brackets)")
+    for row in rows:
+        low, high = row["stratum_mm"]
+        span = f"{low:g}-{high:g} mm" if high != float("inf") else f">= {low:g} mm"
+        cells = "  ".join(f"{name} {num(auc)}" + (f" ({num(row['benign_median_risk'][name])})"
+                                                  if name in row["benign_median_risk"] else "")
+                          for name, auc in row["auroc"].items())
+        print(f"  {span:<10} n={row['n']:<4} malignant {row['n_pos']:<4} {cells}")
+
+
+def text_against_vision(out: Path, manifest: NoduleManifest, results: dict) -> dict | None:
+    """lora (image + text) against vision-only on the same folds: Wilcoxon over folds and DeLong pooled."""
+    if not {"lora", "vision-only"} <= set(results):
+        return None
+    folds = [[f["auroc"] for f in results[m]["folds"]] for m in ("lora", "vision-only")]
+    test = wilcoxon(folds[0], folds[1])
+    pooled = against(manifest, pooled_predictions(out / "ablation" / "lora"),
+                     pooled_predictions(out / "ablation" / "vision-only"))
+    return {"fold_auroc": folds, "wilcoxon_p": test.p, "delong": pooled}
+
+
+def goal_lines(manifest: NoduleManifest, out: Path, results: dict, zero_shot: dict | None, text: dict | None) -> list[dict]:
+    """The issue's goals, each a line of text and whether it is met (only for what this run measured)."""
+    lines = []
+    for model in (m for m in ("lora", "vision-only", "probe") if m in results):
+        auroc = results[model]["nodule"]["auroc"]
+        lines.append({"met": auroc >= GOALS["image-only AUROC"],
+                      "text": f"{model}: pooled out-of-fold AUROC {num(auroc)} (goal >= {GOALS['image-only AUROC']})"})
+        d = against(manifest, pooled_predictions(out / "ablation" / model), diameters(manifest))
+        lines.append({"met": d["auroc"] > d["other_auroc"] and d["p"] < GOALS["DeLong p against diameter"],
+                      "text": f"{model} against diameter alone on the same {d['n']} nodules: {num(d['auroc'])} vs "
+                              f"{num(d['other_auroc'])}, DeLong z {d['z']:.2f}, p {d['p']:.4f} (goal: above, p < "
+                              f"{GOALS['DeLong p against diameter']})"})
+    if text:
+        better = np.mean(text["fold_auroc"][0]) > np.mean(text["fold_auroc"][1])
+        significant = min(text["delong"]["p"], text["wilcoxon_p"]) < 0.05
+        lines.append({"met": better and text["delong"]["auroc"] > text["delong"]["other_auroc"],
+                      "text": f"text earns its place{'' if significant else ' (above, not significantly)'}: lora "
+                              f"{num(text['delong']['auroc'])} vs vision-only "
+                              f"{num(text['delong']['other_auroc'])} pooled (DeLong p {text['delong']['p']:.3f}); "
+                              f"fold means {num(np.mean(text['fold_auroc'][0]))} vs {num(np.mean(text['fold_auroc'][1]))} "
+                              f"(Wilcoxon p {text['wilcoxon_p']:.3f})"})
+    for feature in ("margins", "consistency", "calcification_pattern", "shape"):
+        row = next((r for r in (zero_shot or {}).get("pooled", []) if r["feature"] == feature), None)
+        if row is not None:
+            best = max(v for v in (row["auroc"][PAPER], row["auroc"][ENSEMBLE]) if v is not None)
+            lines.append({"met": best >= GOALS[f"zero-shot {feature} AUROC"],
+                          "text": f"zero-shot {feature}: {num(row['auroc'][PAPER])} paper's prompts, "
+                                  f"{num(row['auroc'][ENSEMBLE])} ensembles (goal >= {GOALS[f'zero-shot {feature} AUROC']})"})
+    return lines
+
+
 def print_model(name: str, s: dict) -> None:
     print(f"\n{name}")
     trained = any(f["best_epoch"] for f in s["folds"])  # the semantic LR has no epochs
@@ -211,18 +371,30 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lora-image-blocks", type=int, help=f"LoRA in the image tower's last N blocks (default "
                         f"{FULL['lora_image_blocks']})")
     parser.add_argument("--backbone", help=f"backbone (default {FULL['backbone']})")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, help=f"nodules per step (default {FULL['batch_size']})")
+    parser.add_argument("--lr", type=float, help=f"learning rate (default {FULL['lr']:g})")
+    parser.add_argument("--sampler", help=f"training sampler: semantic, class or none (default {FULL['sampler']})")
+    parser.add_argument("--field-of-view", type=int, help=f"zoom: the central N mm of each view go to the encoder "
+                        f"(default {FULL['field_of_view']}; 0: the whole 50 mm view)")
+    parser.add_argument("--size-weight", type=float, help=f"weight of the auxiliary log-diameter loss (default "
+                        f"{FULL['size_weight']:g}; 0: no size head)")
+    parser.add_argument("--patience", type=int, help=f"epochs without a better validation AUROC before a fold stops "
+                        f"(default {FULL['patience']})")
     parser.add_argument("--test-fraction", type=float, default=0.0, help="patients held out as a test set (0: none)")
     parser.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
     parser.add_argument("--models", default="lora,probe,vision-only,semantic", help="ablation models to run")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared LIDC data folder")
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/out/lidc, or lidc-quick)")
+    parser.add_argument("--levers", action="store_true", help="also train --lever-model once per lever (the "
+                        "lever table: each row adds one change; cumulative settings in LEVERS)")
+    parser.add_argument("--lever-model", default="probe", help="the model the lever table trains (default probe: "
+                        "frozen towers, minutes a row on 2 cores)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny random towers, 20 patients, 2 folds, 1 epoch")
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     given = {k: getattr(args, k) for k in preset if getattr(args, k, None) is not None}
-    settings = {**preset, **given, "batch_size": args.batch_size, "lr": args.lr, "test_fraction": args.test_fraction}
+    settings = {**preset, **given, "test_fraction": args.test_fraction}
+    settings["field_of_view"] = settings["field_of_view"] or None  # 0: the whole view
     out = args.out or ROOT / "benchmarks" / "out" / ("lidc-quick" if args.quick else "lidc")
     models = parse_models(args.models)
     config = TrainConfig(**settings, threads=args.threads, cache=str((out / "ablation" / "cache").resolve())).validate()
@@ -250,6 +422,13 @@ def main(argv: list[str] | None = None) -> dict:
         seconds[model] = time.perf_counter() - tick
         results[model] = model_summary(out / "ablation" / model)
 
+    levers = None
+    if args.levers:
+        tick = time.perf_counter()
+        print(f"[2.L] the lever table ({args.lever_model})", flush=True)
+        levers = run_levers(out, config, parse_models(args.lever_model)[0], manifest, args.quick)
+        seconds["levers"] = time.perf_counter() - tick
+
     tick = time.perf_counter()
     print("[3] diameter alone and the LIDC-ratings LR on the same folds", flush=True)
     baselines = same_fold_baselines(manifest, plan)
@@ -268,7 +447,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"\n=== LIDC benchmark: {settings['backbone']}, {config.folds} folds, {config.epochs} epochs, "
           f"{config.image_size} px, LoRA in the last {config.lora_image_blocks} image blocks, batch {config.batch_size}, "
-          f"lr {config.lr:g}, test fraction {config.test_fraction:g}" + (" (QUICK: not a result)" if args.quick else ""))
+          f"lr {config.lr:g}, sampler {config.sampler}, field of view {config.field_of_view or 50} mm, size weight "
+          f"{config.size_weight:g}, test fraction {config.test_fraction:g}" + (" (QUICK: not a result)" if args.quick else ""))
     for model, summary in results.items():
         print_model(model, summary)
     for name, title in (("diameter", "diameter alone"), ("lidc_ratings_lr", "LR on the LIDC ratings + diameter")):
@@ -280,22 +460,25 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nsemantic-only LR, all LIDC XML nodules ({xml['n']} labelled of {xml['nodules']}, {xml['n_patients']} "
           f"patients): AUROC {num(xml['auroc_mean'])} ± {num(xml['auroc_sd'])} over {len(xml['folds'])} folds, pooled "
           f"{num(xml['pooled_auroc'])}; AUPRC pooled {num(xml['pooled_auprc'])}; features {', '.join(xml['features'])}")
-    print("\ngoals and references (AUROC)")
-    for model in (m for m in results if m != "semantic"):
-        folds = results[model]["folds"]
-        print(f"  {model}: mean over folds {spread([f['auroc'] for f in folds])} at the best epoch, "
-              f"{spread([f['last_epoch_auroc'] for f in folds])} at the last (no choice on the validation fold); "
-              f"pooled out-of-fold {num(results[model]['nodule']['auroc'])} (goal >= {GOALS['image-only AUROC']})")
-    for feature in ("margins", "consistency"):
-        row = next((r for r in (zero_shot or {}).get("pooled", []) if r["feature"] == feature), None)
-        print(f"  zero-shot {feature}: {num(row and row['auroc'][PAPER])} paper's prompts, "
-              f"{num(row and row['auroc'][ENSEMBLE])} ensembles (goal >= {GOALS[f'zero-shot {feature} AUROC']})")
+    if levers:
+        print_levers(levers)
+    strata = size_strata(manifest, {m: pooled_predictions(out / "ablation" / m) for m in results})
+    print_size_strata(strata)
+    text = text_against_vision(out, manifest, results)
+    goals = goal_lines(manifest, out, results, zero_shot, text)
+    print("\ngoals (pooled out of fold, image only at inference)")
+    for line in goals:
+        print(f"  [{'met' if line['met'] else 'NOT met'}] {line['text']}")
     print("  references: " + "; ".join(f"{k} {v}" for k, v in REFERENCES.items()))
     print("\nwall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) +
-          " (the first neural model's time includes cutting the views)")
+          " (the first neural model's time includes cutting the views; a reused run takes none)")
+    print("epochs' time of each run: " + ", ".join(f"{m} {training_seconds(out / 'ablation' / m) / 60:.1f} min"
+                                                   for m in results if m != "semantic"))
 
     document = jsonable({"settings": settings | {"quick": args.quick, "models": models, "nodules": len(manifest)},
                          "seconds": seconds, "models": results, "same_fold_baselines": baselines,
+                         "levers": levers, "text_against_vision": text, "goal_lines": goals,
+                         "size_strata": strata,
                          "zero_shot": zero_shot, "xml_semantic": xml, "goals": GOALS, "references": REFERENCES})
     write_text(out / "lidc_benchmark.json", json.dumps(document, indent=2) + "\n")
     print(f"wrote {out / 'lidc_benchmark.json'}")

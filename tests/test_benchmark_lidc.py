@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_benchmark_scores_every_nodule_once_out_of_fold(shared_data, tmp_path):
     out = tmp_path / "lidc"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lidc.py"), "--quick", "--threads", "1",
-                           "--data", str(shared_data), "--out", str(out)], capture_output=True, text=True, timeout=300)
+                           "--data", str(shared_data), "--out", str(out), "--levers"], capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "zero-shot margins" in done.stdout and "diameter alone (same folds)" in done.stdout
     document = json.loads((out / "lidc_benchmark.json").read_text())
@@ -40,6 +41,28 @@ def test_quick_benchmark_scores_every_nodule_once_out_of_fold(shared_data, tmp_p
     assert len(zero_shot["folds"]) == 2
     consistency = next(r for r in zero_shot["pooled"] if r["feature"] == "consistency")
     assert consistency["n"] + consistency["n_missing"] == len(rows)
+
+    # the lever table: one probe run per row, each with the settings of every row above it, on the same splits
+    levers = document["levers"]
+    assert [row["lever"].split(":")[0] for row in levers][:1] == ["before"] and len(levers) == 4
+    for n, row in enumerate(levers):
+        trained = json.loads((out / "levers" / str(n) / "probe" / "config.json").read_text())["train"]
+        assert trained["size_weight"] == (1.0 if n >= 2 else 0.0)
+        assert trained["field_of_view"] == (24 if n >= 3 else None)
+        assert trained["sampler"] == ("semantic" if n == 0 else "none")
+        assert (out / "levers" / str(n) / "probe" / "splits.csv").read_text() == (out / "ablation" / "splits.csv").read_text()
+        assert row["against_diameter"]["n"] == labelled
+    # the goals: one line per model for the AUROC and the DeLong test against diameter, and the text comparison
+    texts = [line["text"] for line in document["goal_lines"]]
+    assert sum(t.startswith("lora against diameter alone") for t in texts) == 1
+    assert any(t.startswith("text earns its place") and ": lora " in t for t in texts)
+    text = document["text_against_vision"]
+    assert text["delong"]["n"] == labelled and len(text["fold_auroc"][0]) == 2
+
+    # the size strata split the labelled nodules once, each with every model's and the diameter's AUROC
+    strata = document["size_strata"]
+    assert sum(row["n"] for row in strata) == labelled
+    assert all(set(row["auroc"]) == {"lora", "probe", "vision-only", "semantic", "diameter alone"} for row in strata)
 
     # the XML semantic-only LR never reads the malignancy rating, and the ratings predict the label
     xml = document["xml_semantic"]
