@@ -129,3 +129,33 @@ def test_two_probes_differ_only_in_what_changes_their_result():
     assert probe.differences(TrainConfig(tuning="probe", field_of_view=24)) == ["field_of_view: None -> 24"]
     lora = TrainConfig(tuning="lora", lora_image_blocks=2)
     assert lora.differences(TrainConfig(tuning="lora", lora_image_blocks=1)) == ["lora_image_blocks: 2 -> 1"]
+
+
+def test_pictures_mark_the_part_of_each_view_that_a_zoomed_model_reads(tmp_path):
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    from noduleclip.plots import draw_views, field_of_view_box, plt
+    from noduleclip.predict.api import NodulePrediction
+    from noduleclip.predict.panel import draw_panel
+    from noduleclip.preprocess.views import PLANE_NAMES
+
+    # the box covers exactly the pixels the view transform keeps (13..36 of 50 for 24)
+    assert field_of_view_box(50, 24) == (12.5, 12.5, 24.0)
+    fig, axes = plt.subplots(3, 3)
+    draw_views(axes, np.zeros((9, 50, 50)), field_of_view=24)
+    boxes = [[p for p in ax.patches if isinstance(p, Rectangle)] for ax in axes.ravel()]
+    assert all(len(b) == 1 and b[0].get_xy() == (12.5, 12.5) and b[0].get_width() == 24 for b in boxes)
+    plt.close(fig)
+    fig, axes = plt.subplots(3, 3)
+    draw_views(axes, np.zeros((9, 50, 50)))
+    assert not any(ax.patches for ax in axes.ravel())
+    plt.close(fig)
+
+    views = np.random.default_rng(0).random((9, 50, 50))
+    def panel(fov, name):
+        prediction = NodulePrediction("n1", (0.0, 0.0, 0.0), 0.5, 0.5, [0.5], None, {}, {},
+                                      {n: 1 / 9 for n in PLANE_NAMES}, views, field_of_view=fov)
+        assert prediction.to_dict()["field_of_view_mm"] == fov
+        return plt.imread(draw_panel(prediction, tmp_path / name))
+    assert not np.array_equal(panel(24, "zoom.png"), panel(None, "whole.png"))

@@ -24,14 +24,28 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     return path
 
 
-def draw_views(axes, views: np.ndarray, attention=None, names=PLANE_NAMES) -> None:
-    """Draw nine views into nine axes, titled by plane (and attention weight when given)."""
+def field_of_view_box(size: int, field_of_view: int) -> tuple[float, float, float]:
+    """(x0, y0, side) in imshow coordinates of the central `field_of_view` pixels of a `size`-pixel view: the
+    pixels that the model's zoom sends to the encoder (the same crop as the model's view transform)."""
+    start = (size - field_of_view) // 2
+    return start - 0.5, start - 0.5, float(field_of_view)
+
+
+def draw_views(axes, views: np.ndarray, attention=None, names=PLANE_NAMES, field_of_view: int | None = None) -> None:
+    """Draw nine views into nine axes, titled by plane (and attention weight when given); with `field_of_view`,
+    a dashed square marks the part of each view the model reads."""
+    from matplotlib.patches import Rectangle
+
     views = np.asarray(views, dtype=np.float32)
     top = None if attention is None else int(np.argmax(attention))
     for p, ax in enumerate(np.ravel(axes)):
         ax.imshow(views[p], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         n = views.shape[-1]
         ax.plot([n // 2], [n // 2], marker="+", color="tab:red", markersize=8, alpha=0.6)
+        if field_of_view is not None and field_of_view < n:
+            x0, y0, side = field_of_view_box(n, field_of_view)
+            ax.add_patch(Rectangle((x0, y0), side, side, fill=False, edgecolor="tab:cyan", linestyle="--",
+                                   linewidth=1.0, alpha=0.8))
         title = names[p]
         if attention is not None:
             title += f"\nattention {attention[p]:.2f}"

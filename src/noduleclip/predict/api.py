@@ -48,6 +48,7 @@ class NodulePrediction:
     view_attention: dict[str, float]  # plane name -> MIL attention weight (the nine sum to 1)
     views: np.ndarray = field(repr=False)  # (9, S, S) in [0, 1], for plotting
     notes: list[str] = field(default_factory=list)
+    field_of_view: int | None = None  # the central N x N pixels (mm) of each view that the model reads; None: all
 
     def to_dict(self) -> dict:
         """JSON-ready fields (without the views)."""
@@ -57,7 +58,7 @@ class NodulePrediction:
             "calibration": self.calibration,
             "semantics": {f: {"value": v, "probability": p} for f, (v, p) in self.semantics.items()},
             "semantic_distribution": self.semantic_distribution, "view_attention": self.view_attention,
-            "notes": list(self.notes),
+            "field_of_view_mm": self.field_of_view, "notes": list(self.notes),
         }
 
 
@@ -218,5 +219,5 @@ class NoduleClip:
                 risk_uncalibrated=float(ensemble[i]), fold_risks=[float(r) for r in fold_risk[:, i]],
                 calibration=self.calibration, semantics=semantics, semantic_distribution=distribution,
                 view_attention={name: float(w) for name, w in zip(PLANE_NAMES, attention[i])},
-                views=np.asarray(views[i]), notes=list(self.notes)))
+                views=np.asarray(views[i]), notes=list(self.notes), field_of_view=self.config.field_of_view))
         return predictions

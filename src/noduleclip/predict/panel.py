@@ -1,7 +1,7 @@
 """One PNG per nodule, readable at a glance: the nine views with their attention, the risk, the semantic profile.
 
 Left, the nine planes through the nodule centre (red cross), each titled with its MIL attention weight,
-the most attended one framed in orange. Right, the malignancy risk in large type with whether it is
+the most attended one framed in orange; a dashed square marks what a zoomed model reads (--field-of-view). Right, the malignancy risk in large type with whether it is
 calibrated (and how) or not, the fold models' risks beneath it, then the zero-shot semantic profile: one
 horizontal bar per feature for its most likely value, with the probability written at the bar's end.
 The image is always PANEL_SIZE_PX pixels (no tight cropping), so that reports can lay panels out.
@@ -77,7 +77,7 @@ def draw_panel(prediction, out: str | os.PathLike, title: str = "") -> Path:
                             bottom=0.05, wspace=0.12, hspace=0.32)
     view_axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(3)] for r in range(3)])
     draw_views(view_axes, prediction.views, attention=np.array(list(prediction.view_attention.values())),
-               names=list(prediction.view_attention))
+               names=list(prediction.view_attention), field_of_view=prediction.field_of_view)
     right = grid[:, 4].subgridspec(2, 1, height_ratios=[1.0, 2.5], hspace=0.12)
     _draw_risk(fig.add_subplot(right[0]), prediction)
     _draw_semantics(fig.add_subplot(right[1]), prediction)
