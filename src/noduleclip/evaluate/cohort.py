@@ -224,7 +224,8 @@ def evaluate_cohort(run: str | os.PathLike, manifest_path: str | os.PathLike, ou
             if probabilities:
                 findings = [zero_shot.top_findings(probabilities[zero_shot.PAPER], i) for i in range(len(e.ids))]
             tiles = gallery.gallery_tiles(e.ids, e.labels, e.risk, options.gallery, findings)
-            figure = gallery.plot_gallery(e.views, tiles, stage / "gallery.png") if tiles else None
+            figure = gallery.plot_gallery(e.views, tiles, stage / "gallery.png",
+                                          field_of_view=config.field_of_view) if tiles else None
             data["gallery"] = [vars(t) for t in tiles]
             sections.append(Section("Error analysis", gallery.gallery_blocks(figure, tiles, options.gallery)))
 

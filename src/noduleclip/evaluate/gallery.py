@@ -48,8 +48,10 @@ def gallery_tiles(ids: Sequence[str], labels: np.ndarray, risk: np.ndarray, n: i
             for kind, picked in (("false positive", fp), ("false negative", fn)) for i in picked]
 
 
-def plot_gallery(views: np.ndarray, tiles: Sequence[GalleryTile], out: str | os.PathLike, per_row: int = 4) -> Path:
-    """One PNG: a row block of false positives, then of false negatives; each tile a 3x3 grid of views."""
+def plot_gallery(views: np.ndarray, tiles: Sequence[GalleryTile], out: str | os.PathLike, per_row: int = 4,
+                 field_of_view: int | None = None) -> Path:
+    """One PNG: a row block of false positives, then of false negatives; each tile a 3x3 grid of views (with
+    `field_of_view`, the part a zoomed model reads marked on each)."""
     import matplotlib.pyplot as plt
 
     from noduleclip.plots import draw_views, save_figure
@@ -71,7 +73,7 @@ def plot_gallery(views: np.ndarray, tiles: Sequence[GalleryTile], out: str | os.
             tile = row[c]
             axes = sub.subplots(3, 3, gridspec_kw=dict(wspace=0.03, hspace=0.03, top=0.84, bottom=0.22,
                                                         left=0.03, right=0.97))
-            draw_views(axes, views[tile.index], names=("",) * 9)
+            draw_views(axes, views[tile.index], names=("",) * 9, field_of_view=field_of_view)
             colour = "tab:red" if tile.kind == "false positive" else "tab:blue"
             sub.suptitle(f"{tile.kind}\n{textwrap.shorten(tile.nodule_id, 28)}: risk {tile.risk:.3f} "
                          f"({'malignant' if tile.label else 'benign'})", fontsize=8.5, color=colour, y=0.97)
