@@ -44,11 +44,11 @@ def test_quick_benchmark_scores_every_nodule_once_out_of_fold(shared_data, tmp_p
 
     # the lever table: one probe run per row, each with the settings of every row above it, on the same splits
     levers = document["levers"]
-    assert [row["lever"].split(":")[0] for row in levers][:1] == ["before"] and len(levers) == 4
+    assert [row["lever"].split(":")[0] for row in levers][:1] == ["before"] and len(levers) == 5
     for n, row in enumerate(levers):
         trained = json.loads((out / "levers" / str(n) / "probe" / "config.json").read_text())["train"]
         assert trained["size_weight"] == (1.0 if n >= 2 else 0.0)
-        assert trained["field_of_view"] == (24 if n >= 3 else None)
+        assert trained["field_of_view"] == {3: 24, 4: 16}.get(n)
         assert trained["sampler"] == ("semantic" if n == 0 else "none")
         assert (out / "levers" / str(n) / "probe" / "splits.csv").read_text() == (out / "ablation" / "splits.csv").read_text()
         assert row["against_diameter"]["n"] == labelled
