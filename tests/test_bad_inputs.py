@@ -204,22 +204,28 @@ def produced(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if p.is_file() and p.name != "cache.json"] if out.exists() else []
 
 
+def refusal(case: Case, built: Path, tmp_path: Path, capsys) -> str:
+    """The one-sentence refusal of a case: its InputError, or the single error line of its command (which must exit
+    with the case's status and leave --out without results). INPUT, SCAN and OUT in the command are filled in."""
+    if case.call is not None:
+        with pytest.raises(InputError) as err:
+            case.call(built)
+        return str(err.value)
+    out = tmp_path / "out"
+    fill = {"INPUT": str(built), "SCAN": str(tmp_path / "scan.nii.gz")}
+    argv = [fill.get(a, a.replace("OUT", str(out))) for a in case.command]
+    assert main(argv) == case.status
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line or line.startswith("failed ")]
+    assert len(lines) == 1, lines
+    assert produced(out) == []
+    return lines[0]
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_refused_in_one_sentence(name, tmp_path, request, capsys):
     case = CASES[name]
     built = case.build(tmp_path, request.getfixturevalue("shared_data")) if case.shared else case.build(tmp_path)
-    if case.call is not None:
-        with pytest.raises(InputError) as err:
-            case.call(built)
-        message = str(err.value)
-    else:
-        out = tmp_path / "out"
-        argv = [str(built) if a == "INPUT" else a.replace("OUT", str(out)) for a in case.command]
-        assert main(argv) == case.status
-        lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line or line.startswith("failed ")]
-        assert len(lines) == 1, lines
-        message = lines[0]
-        assert produced(out) == []
+    message = refusal(case, built, tmp_path, capsys)
     assert "\n" not in message and message.count("; ") >= 1, message  # one sentence: what and where; what to do
     for word in case.words:
         assert word in message, message

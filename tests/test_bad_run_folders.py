@@ -23,7 +23,7 @@ from noduleclip.model.checkpoint import load_model, read_model_config
 from noduleclip.model.model import ModelConfig
 from noduleclip.predict.calibrate import Calibrator, read_validation_predictions
 from noduleclip.train.config import TrainConfig
-from test_bad_inputs import Case, full_ct, produced
+from test_bad_inputs import Case, full_ct, refusal
 from test_io_support import write_ct_series
 
 PREDICT = ("predict", "INPUT", "SCAN", "--coord", "0,0,0", "--out", "OUT")
@@ -133,20 +133,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_run_file_is_refused_in_one_sentence(name, tmp_path, capsys):
     case = CASES[name]
-    built = case.build(tmp_path)
-    if case.call is not None:
-        with pytest.raises(InputError) as err:
-            case.call(built)
-        message = str(err.value)
-    else:
-        out = tmp_path / "out"
-        argv = [str(built) if a == "INPUT" else str(tmp_path / "scan.nii.gz") if a == "SCAN" else
-                a.replace("OUT", str(out)) for a in case.command]
-        assert main(argv) == case.status
-        lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-        assert len(lines) == 1, lines
-        message = lines[0]
-        assert produced(out) == []
+    message = refusal(case, case.build(tmp_path), tmp_path, capsys)
     assert "\n" not in message and message.count("; ") >= 1, message
     assert "Traceback" not in message
     for word in case.words:
