@@ -1,12 +1,13 @@
 # Two commands set everything up on a fresh machine with Python 3.11:
 #   make demo   install, then run the main job on the built-in synthetic cohort
-#   make test   install, then run the test suite
+#   make test   install, then run the test suite (all of it, as CI does)
+#   make test-fast   the same without the tests marked slow (torchrun, kill -9, benchmarks, ablation, demo)
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO_OUT ?= demo-run
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast demo clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +23,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: install
 	$(BIN)/noduleclip demo --out $(DEMO_OUT)

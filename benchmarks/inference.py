@@ -110,24 +110,27 @@ def main(quick: bool) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 2048^3 float32 matmul: {rate:.1f} GFLOP/s; "
           f"load average at start {os.getloadavg()[0]:.2f} (other processes on the machine slow every figure)")
     print("\nInference (image only, nine views per nodule, inference_mode, all views in one tower call)")
-    print(f"{'backbone':<18}{'px':>5}{'batch':>7}{'s/nodule':>10}{'GFLOP/nod':>11}{'GFLOP/s':>9}{'floor s':>9}{'x floor':>9}"
-          f"{'peak RSS MiB':>14}")
+    print(f"{'backbone':<18}{'px':>5}{'batch':>7}{'s/nodule':>10}{'GFLOP/nod':>11}{'GFLOP/s':>9}{'floor s':>9}"
+          f"{'x floor':>9}{'peak RSS MiB':>14}")
     for backbone in backbones:
         r = in_own_process({"kind": "inference", "backbone": backbone, "nodules": 8, "repeats": 3})
         floor = r["gflop_per_nodule"] / r["gflops"]
-        print(f"{backbone:<18}{r['size']:>5}{r['nodules']:>7}{r['seconds_per_nodule']:>10.3f}{r['gflop_per_nodule']:>11.1f}"
-              f"{r['gflops']:>9.1f}{floor:>9.3f}{r['seconds_per_nodule'] / floor:>9.2f}{r['peak_rss_mib']:>14.0f}")
+        print(f"{backbone:<18}{r['size']:>5}{r['nodules']:>7}{r['seconds_per_nodule']:>10.3f}"
+              f"{r['gflop_per_nodule']:>11.1f}{r['gflops']:>9.1f}{floor:>9.3f}{r['seconds_per_nodule'] / floor:>9.2f}"
+              f"{r['peak_rss_mib']:>14.0f}")
     print("\nTraining step (forward + three losses + backward + AdamW, with texts)")
-    print(f"{'backbone':<18}{'tuning':<10}{'batch':>6}{'s/step':>8}{'s/nodule':>10}{'GFLOP/nod':>11}{'x floor':>9}{'trainable %':>13}"
-          f"{'RSS build MiB':>15}{'peak RSS MiB':>14}")
+    print(f"{'backbone':<18}{'tuning':<10}{'batch':>6}{'s/step':>8}{'s/nodule':>10}{'GFLOP/nod':>11}{'x floor':>9}"
+          f"{'trainable %':>13}{'RSS build MiB':>15}{'peak RSS MiB':>14}")
     for backbone in backbones:
         for tuning in ("lora", "finetune"):
             nodules = 4 if backbone == "clip-vit-b-32" else 8
-            r = in_own_process({"kind": "training", "backbone": backbone, "tuning": tuning, "nodules": nodules, "repeats": 3})
+            r = in_own_process({"kind": "training", "backbone": backbone, "tuning": tuning, "nodules": nodules,
+                                "repeats": 3})
             floor = r["gflop_per_nodule"] / r["gflops"]
-            print(f"{backbone:<18}{tuning:<10}{r['nodules']:>6}{r['seconds_per_step']:>8.2f}{r['seconds_per_nodule']:>10.3f}"
-                  f"{r['gflop_per_nodule']:>11.1f}{r['seconds_per_nodule'] / floor:>9.2f}{r['trainable_percent']:>13.3f}{r['rss_after_build_mib']:>15.0f}"
-                  f"{r['peak_rss_mib']:>14.0f}")
+            print(f"{backbone:<18}{tuning:<10}{r['nodules']:>6}{r['seconds_per_step']:>8.2f}"
+                  f"{r['seconds_per_nodule']:>10.3f}{r['gflop_per_nodule']:>11.1f}"
+                  f"{r['seconds_per_nodule'] / floor:>9.2f}{r['trainable_percent']:>13.3f}"
+                  f"{r['rss_after_build_mib']:>15.0f}{r['peak_rss_mib']:>14.0f}")
     print(f"\nLoad average at the end {os.getloadavg()[0]:.2f}; 2048^3 matmul again: {matmul_gflops():.1f} GFLOP/s.")
     print("clip-vit-b-32 uses random tower weights (timing only); dinov2-s+minilm uses the offline pretrained towers.")
 

@@ -24,23 +24,21 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 import tarfile
 import time
 from collections import Counter
-from pathlib import Path
-
-import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
 from noduleclip.ablate import mean_sd, parse_models, run_ablation, semantic_cv_table, shared_splits
 from noduleclip.ablate.semantic_baseline import fit_semantic_baseline
-from noduleclip.atomic import plain_cell, write_text
+from noduleclip.atomic import jsonable, plain_cell, write_text
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
-from noduleclip.evaluate.metrics import jsonable
 from noduleclip.evaluate.stats import delong_test, wilcoxon
 from noduleclip.importers import import_crops, read_lidc_ratings
 from noduleclip.semantics.prompts import ENSEMBLE, PAPER
@@ -53,7 +51,8 @@ DATA = ROOT.parent / "shared" / "data"
 # The recipe that the lever table chose by cross-validation (see LEVERS): plain shuffling, lr 3e-4, up to 20
 # epochs with patience 5, a size head and a 16 mm field of view.
 RECIPE = dict(sampler="none", lr=3e-4, patience=5, field_of_view=16, size_weight=1.0, batch_size=8)
-FULL = dict(backbone="dinov2-s+minilm", folds=5, epochs=20, image_size=112, lora_image_blocks=2, bootstrap=1000, **RECIPE)
+FULL = dict(backbone="dinov2-s+minilm", folds=5, epochs=20, image_size=112, lora_image_blocks=2, bootstrap=1000,
+            **RECIPE)
 QUICK = dict(backbone="tiny", folds=2, epochs=1, image_size=28, lora_image_blocks=1, bootstrap=50, **RECIPE)
 QUICK_PATIENTS, QUICK_XML_FILES = 10, 150  # per class; XML files read in --quick
 REFERENCES = {"diameter alone": 0.88, "LIDC characteristics + diameter LR": 0.93,
@@ -148,12 +147,14 @@ def model_summary(folder: Path) -> dict:
                                   for level in ("nodule", "patient")}}
     if metrics.get("test"):
         summary["test"] = {"folds": metrics["test"]["folds"],
-                           **{level: {k: metrics["test"][level].get(k) for k in keys} for level in ("nodule", "patient")}}
+                           **{level: {k: metrics["test"][level].get(k) for k in keys}
+                              for level in ("nodule", "patient")}}
     return summary
 
 
 def same_fold_baselines(manifest: NoduleManifest, plan) -> dict:
-    """Diameter alone, and an LR on the LIDC ratings + diameter (fitted per fold), on each validation fold and pooled."""
+    """Diameter alone, and an LR on the LIDC ratings + diameter (fitted per fold), on each validation fold and
+    pooled."""
     by_id = {r.nodule_id: r for r in manifest}
     label = lambda n: np.nan if by_id[n].label is None else float(by_id[n].label)  # noqa: E731
     ratings = lambda n: {k: v for k, v in by_id[n].columns.items() if k != "malignancy"}  # noqa: E731
@@ -176,12 +177,12 @@ def same_fold_baselines(manifest: NoduleManifest, plan) -> dict:
 
 def lora_zero_shot(run: Path, manifest: NoduleManifest, plan, config: TrainConfig) -> dict:
     """Zero-shot feature AUROC of each fold's model on its own validation nodules, per fold and pooled."""
+    from noduleclip.ensemble import RunEnsemble
     from noduleclip.evaluate.zero_shot import out_of_fold_zero_shot
     from noduleclip.preprocess.cache import ViewCache
-    from noduleclip.train.cv import load_run
 
     cache = ViewCache(Path(config.cache), config.views, create=False)
-    return out_of_fold_zero_shot(load_run(run)[1], list(manifest), plan, cache, config.eval_batch_size)
+    return out_of_fold_zero_shot(RunEnsemble.load(run), list(manifest), plan, cache)
 
 
 def xml_semantic(source: Path, folds: int, seed: int) -> dict:
@@ -217,7 +218,8 @@ def training_seconds(folder: Path) -> float:
 
 
 def run_levers(out: Path, config: TrainConfig, model: str, manifest: NoduleManifest, quick: bool = False) -> list[dict]:
-    """Train `model` once per lever row (cumulative settings) on the shared splits; AUROC, DeLong against diameter, time.
+    """Train `model` once per lever row (cumulative settings) on the shared splits; AUROC, DeLong against diameter,
+    time.
 
     `quick` keeps the configuration's epochs (a smoke run of the table, not a result)."""
     rows, settings = [], {}
@@ -301,7 +303,8 @@ def text_against_vision(out: Path, manifest: NoduleManifest, results: dict) -> d
     return {"fold_auroc": folds, "wilcoxon_p": test.p, "delong": pooled}
 
 
-def goal_lines(manifest: NoduleManifest, out: Path, results: dict, zero_shot: dict | None, text: dict | None) -> list[dict]:
+def goal_lines(manifest: NoduleManifest, out: Path, results: dict, zero_shot: dict | None,
+               text: dict | None) -> list[dict]:
     """The issue's goals, each a line of text and whether it is met (only for what this run measured)."""
     lines = []
     for model in (m for m in ("lora", "vision-only", "probe") if m in results):
@@ -320,7 +323,8 @@ def goal_lines(manifest: NoduleManifest, out: Path, results: dict, zero_shot: di
                       "text": f"text earns its place{'' if significant else ' (above, not significantly)'}: lora "
                               f"{num(text['delong']['auroc'])} vs vision-only "
                               f"{num(text['delong']['other_auroc'])} pooled (DeLong p {text['delong']['p']:.3f}); "
-                              f"fold means {num(np.mean(text['fold_auroc'][0]))} vs {num(np.mean(text['fold_auroc'][1]))} "
+                              f"fold means {num(np.mean(text['fold_auroc'][0]))} vs "
+                              f"{num(np.mean(text['fold_auroc'][1]))} "
                               f"(Wilcoxon p {text['wilcoxon_p']:.3f})"})
     for feature in ("margins", "consistency", "calcification_pattern", "shape"):
         row = next((r for r in (zero_shot or {}).get("pooled", []) if r["feature"] == feature), None)
@@ -328,7 +332,8 @@ def goal_lines(manifest: NoduleManifest, out: Path, results: dict, zero_shot: di
             best = max(v for v in (row["auroc"][PAPER], row["auroc"][ENSEMBLE]) if v is not None)
             lines.append({"met": best >= GOALS[f"zero-shot {feature} AUROC"],
                           "text": f"zero-shot {feature}: {num(row['auroc'][PAPER])} paper's prompts, "
-                                  f"{num(row['auroc'][ENSEMBLE])} ensembles (goal >= {GOALS[f'zero-shot {feature} AUROC']})"})
+                                  f"{num(row['auroc'][ENSEMBLE])} ensembles "
+                                  f"(goal >= {GOALS[f'zero-shot {feature} AUROC']})"})
     return lines
 
 
@@ -347,7 +352,7 @@ def print_model(name: str, s: dict) -> None:
     for title, part in (("out-of-fold, pooled", s), ("held-out test, fold ensemble", s.get("test"))):
         for level in ("nodule", "patient") if part else ():
             m = part[level]
-            ci = lambda k: f" [{num(m[k][0])}, {num(m[k][1])}]" if m.get(k) else ""  # noqa: E731
+            ci = lambda k, m=m: f" [{num(m[k][0])}, {num(m[k][1])}]" if m.get(k) else ""  # noqa: E731
             print(f"  {title}, {level}s (n={m['n']}, {m['n_pos']} malignant): AUROC {num(m['auroc'])}{ci('auroc_ci')}"
                   f"  AUPRC {num(m['auprc'])}{ci('auprc_ci')}")
 
@@ -390,7 +395,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "lever table: each row adds one change; cumulative settings in LEVERS)")
     parser.add_argument("--lever-model", default="probe", help="the model the lever table trains (default probe: "
                         "frozen towers, minutes a row on 2 cores)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: tiny random towers, 20 patients, 2 folds, 1 epoch")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: tiny random towers, 20 patients, 2 folds, 1 epoch")
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     given = {k: getattr(args, k) for k in preset if getattr(args, k, None) is not None}
@@ -447,9 +453,10 @@ def main(argv: list[str] | None = None) -> dict:
     seconds["total"] = time.perf_counter() - started
 
     print(f"\n=== LIDC benchmark: {settings['backbone']}, {config.folds} folds, {config.epochs} epochs, "
-          f"{config.image_size} px, LoRA in the last {config.lora_image_blocks} image blocks, batch {config.batch_size}, "
-          f"lr {config.lr:g}, sampler {config.sampler}, field of view {config.field_of_view or 50} mm, size weight "
-          f"{config.size_weight:g}, test fraction {config.test_fraction:g}" + (" (QUICK: not a result)" if args.quick else ""))
+          f"{config.image_size} px, LoRA in the last {config.lora_image_blocks} image blocks, "
+          f"batch {config.batch_size}, lr {config.lr:g}, sampler {config.sampler}, "
+          f"field of view {config.field_of_view or 50} mm, size weight {config.size_weight:g}, "
+          f"test fraction {config.test_fraction:g}" + (" (QUICK: not a result)" if args.quick else ""))
     for model, summary in results.items():
         print_model(model, summary)
     for name, title in (("diameter", "diameter alone"), ("lidc_ratings_lr", "LR on the LIDC ratings + diameter")):

@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{backbone} at {size} px, LoRA in the top {blocks} image blocks, {args.nodules} nodules x 9 views; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; native bf16: {native_bf16()}")
     print(f"{'part':<36} {'float32 s':>10} {'bf16 s':>8} {'ratio':>7}")
-    for name, work in (("training step (both towers, loss)", step), ("frozen image blocks (once a nodule)", frozen_blocks)):
+    for name, work in (("training step (both towers, loss)", step),
+                       ("frozen image blocks (once a nodule)", frozen_blocks)):
         best = _best(work, args.repeats)
         print(f"{name:<36} {best[False]:>10.3f} {best[True]:>8.3f} {best[False] / best[True]:>6.2f}x")
 

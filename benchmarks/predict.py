@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +47,13 @@ STAGES = ("read", "load", "views", "model", "zero_shot", "outputs")
 
 def make_run(run: Path, backbone: str, folds: int) -> Path:
     """A run folder of `folds` untrained fold models, laid out as `noduleclip train` writes one."""
-    from noduleclip import __version__
     from noduleclip.atomic import write_text
+    from noduleclip.metrics.calibration import calibrate_run
     from noduleclip.model import save_model
     from noduleclip.run_folder import RUN_FORMAT, RUN_FORMAT_VERSION
-    from noduleclip.predict.calibrate import calibrate_run
     from noduleclip.train.config import TrainConfig
     from noduleclip.train.loop import DONE_FILE, build_fold_model
+    from noduleclip.version import __version__
 
     config = TrainConfig(backbone=backbone, folds=folds, random_init=backbone == "clip-vit-b-32")
     if (run / "config.json").is_file():
@@ -76,11 +76,13 @@ def make_run(run: Path, backbone: str, folds: int) -> Path:
     calibrate_run(run)
     write_text(run / "config.json", json.dumps({
         "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "package_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "train": config.to_dict(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"), "train": config.to_dict(),
         "manifest": {"path": None, "note": "benchmark run: untrained fold models, synthetic calibration"},
-        "model": {"backbone": model.config.backbone, "tuning": model.config.tuning, "image_size": model.config.image_size,
+        "model": {"backbone": model.config.backbone, "tuning": model.config.tuning,
+                  "image_size": model.config.image_size,
                   "random_init": model.config.random_init, "weights_source": model.config.weights_source,
-                  "tower_fingerprint": model.config.tower_fingerprint, "trainable_fraction": model.trainable_fraction()},
+                  "tower_fingerprint": model.config.tower_fingerprint,
+                  "trainable_fraction": model.trainable_fraction()},
     }, indent=2) + "\n")
     return run
 
@@ -113,19 +115,23 @@ def in_process(run: Path, repeats: int = 5) -> dict:
     from noduleclip.preprocess.views import sample_planes
 
     model = NoduleClip.load(run)
-    views = torch.from_numpy(sample_planes(read_volume(DATA), NODULE_CENTER, model.config.views)[None])
-    network, prompts = model.ensemble.model, model.prompts
+    views = torch.from_numpy(sample_planes(read_volume(DATA), NODULE_CENTER, model.views)[None])
+    network, prompts = model.ensemble.network, model.prompts
     with torch.inference_mode():
         image_flops = counted_flops(lambda: network.predict(views))
         text_flops = counted_flops(lambda: network.encode_text(prompts.texts)) if prompts else 0
     rate = matmul_gflops()
     best = {"model": float("inf"), "zero_shot": float("inf")}
     for _ in range(repeats):
-        timings: dict = {}
-        model.ensemble.run(views, prompts, timings)
+        scores = model.ensemble.score(views)
+        timings = dict(model.ensemble.timings)
+        if prompts:
+            model.ensemble.clear_prompt_cache()  # the text tower's cost as a first prediction pays it
+            model.ensemble.zero_shot(scores, prompts)
+        timings["zero_shot"] = model.ensemble.timings.get("zero_shot", 0.0) if prompts else 0.0
         best = {k: min(best[k], timings[k]) for k in best}
     rate = max(rate, matmul_gflops())
-    folds = len(model.ensemble.states)
+    folds = model.ensemble.folds
     return {"folds": folds, "gflops_rate": rate, "model": best["model"], "zero_shot": best["zero_shot"],
             "model_gflop": folds * image_flops / 1e9, "zero_shot_gflop": folds * text_flops / 1e9,
             "prompts": len(prompts) if prompts else 0, "image_size": network.config.image_size}
@@ -149,7 +155,8 @@ def main() -> None:
     run = Path(args.run_dir or Path(tempfile.gettempdir()) / f"noduleclip-bench-predict-{args.backbone}-{args.folds}")
     started = time.perf_counter()
     make_run(run, args.backbone, args.folds)
-    print(f"benchmark run {run} ({args.backbone}, {args.folds} untrained folds) ready in {time.perf_counter() - started:.1f} s")
+    print(f"benchmark run {run} ({args.backbone}, {args.folds} untrained folds) ready in "
+          f"{time.perf_counter() - started:.1f} s")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"load average {os.getloadavg()[0]:.2f} (other processes slow every figure)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,7 +177,8 @@ def main() -> None:
     print(f"\nFLOP floor (2048^3 float32 matmul {warm['gflops_rate']:.1f} GFLOP/s)")
     print(f"{'part':<34}{'GFLOP':>8}{'floor s':>9}{'warm s':>9}{'x floor':>9}{'in CLI s':>10}{'x floor':>9}")
     for name, gflop, floor in (("model (image path, all folds)", warm["model_gflop"], model_floor),
-                               (f"zero-shot ({warm['prompts']} prompts, all folds)", warm["zero_shot_gflop"], text_floor)):
+                               (f"zero-shot ({warm['prompts']} prompts, all folds)", warm["zero_shot_gflop"],
+                                text_floor)):
         key = "model" if name.startswith("model") else "zero_shot"
         print(f"{name:<34}{gflop:>8.2f}{floor:>9.3f}{warm[key]:>9.3f}{warm[key] / floor:>9.2f}"
               f"{plain[key]:>10.3f}{plain[key] / floor:>9.2f}")

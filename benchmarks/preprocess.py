@@ -13,6 +13,7 @@ import argparse
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +42,12 @@ def compare(name: str, volume, centers) -> None:
     ours = ref = 0.0
     diffs = []
     for c in centers:
-        ours += best_of(lambda: sample_planes(volume, c))
-        ref += best_of(lambda: reference_planes(volume, c), repeats=1)
+        ours += best_of(partial(sample_planes, volume, c))
+        ref += best_of(partial(reference_planes, volume, c), repeats=1)
         diffs.append(np.abs(sample_planes(volume, c) - reference_planes(volume, c))[:, 5:45, 5:45].mean())
     n = len(centers)
-    print(f"{name:<28} {n:>4} {ref / n * 1e3:>12.1f} {ours / n * 1e3:>10.2f} {ref / ours:>8.0f}x {np.mean(diffs):>10.4f}")
+    print(f"{name:<28} {n:>4} {ref / n * 1e3:>12.1f} {ours / n * 1e3:>10.2f} {ref / ours:>8.0f}x "
+          f"{np.mean(diffs):>10.4f}")
 
 
 def main() -> int:
@@ -56,7 +58,7 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"needs {DATA} (real LIDC-IDRI data)")
         return 1
-    from conftest import lidc0001_nodule_center
+    from helpers import lidc0001_nodule_center
 
     print("per nodule, same nodules, same process")
     print(f"{'data':<28} {'n':>4} {'reference ms':>12} {'ours ms':>10} {'ratio':>9} {'mean |diff|':>10}")
@@ -71,18 +73,20 @@ def main() -> int:
         vol = read_volume(r.image)
         if not vol.contains(r.coord):
             continue
-        ours += best_of(lambda: sample_planes(vol, r.coord))
-        ref += best_of(lambda: reference_planes(vol, r.coord), repeats=1)
+        ours += best_of(partial(sample_planes, vol, r.coord))
+        ref += best_of(partial(reference_planes, vol, r.coord), repeats=1)
         diffs.append(np.abs(sample_planes(vol, r.coord) - reference_planes(vol, r.coord))[:, 5:45, 5:45].mean())
     n = len(diffs)
-    print(f"{'LIDC crops':<28} {n:>4} {ref / n * 1e3:>12.1f} {ours / n * 1e3:>10.2f} {ref / ours:>8.0f}x {np.mean(diffs):>10.4f}")
+    print(f"{'LIDC crops':<28} {n:>4} {ref / n * 1e3:>12.1f} {ours / n * 1e3:>10.2f} {ref / ours:>8.0f}x "
+          f"{np.mean(diffs):>10.4f}")
 
     print(f"\nend to end `preprocess` (read, views, cache write), {args.workers} workers")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         report = preprocess_manifest(crops, ViewCache(Path(tmp) / "crops"), workers=args.workers, progress=False)
         wall = time.perf_counter() - start
-        print(f"LIDC crops: {len(report.done)} nodules ({len(report.failed)} failed) in {wall:.1f} s = {len(report.done) / wall:.0f} nodules/s")
+        print(f"LIDC crops: {len(report.done)} nodules ({len(report.failed)} failed) in {wall:.1f} s = "
+              f"{len(report.done) / wall:.0f} nodules/s")
         rows = []
         rng = np.random.default_rng(0)
         for i in range(10):

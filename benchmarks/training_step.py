@@ -1,6 +1,7 @@
 """A CPU training step of the demo's model: torch's dropout and attention kernels against ours.
 
-    .venv/bin/python benchmarks/training_step.py            # dinov2-s+minilm at 112 px, bf16, LoRA in the top 2 and 3 blocks
+    .venv/bin/python benchmarks/training_step.py            # dinov2-s+minilm at 112 px, bf16, LoRA in the top 2
+                                                            # and 3 blocks
     .venv/bin/python benchmarks/training_step.py --quick    # the tiny backbone (a smoke run)
 
 Two things make a bf16 training step on a CPU slow that have nothing to do with the matrix products:
@@ -59,14 +60,14 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.get_num_threads()} threads")
     for blocks in block_counts:
         torch.manual_seed(0)
-        model = create_model(backbone, "lora", image_size=size, lora=LoraSettings(rank=8, alpha=8.0, image_blocks=blocks),
-                             random_init=backbone == "tiny")
+        model = create_model(backbone, "lora", image_size=size,
+                             lora=LoraSettings(rank=8, alpha=8.0, image_blocks=blocks), random_init=backbone == "tiny")
         model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             prefix = model.image_prefix(views).float()
         tokens = model.tokenize(texts)
 
-        def step(fast: bool, math: bool) -> None:
+        def step(fast: bool, math: bool, model=model, tokens=tokens, prefix=prefix) -> None:
             _set_dropout(model, fast)
             kernel = sdpa_kernel(SDPBackend.MATH) if math else contextlib.nullcontext()
             with torch.autocast("cpu", dtype=torch.bfloat16), kernel:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
             model.zero_grad(set_to_none=True)
 
         times: dict[str, list[float]] = {name: [] for name in variants}
-        for name, flags in variants.items():
+        for flags in variants.values():
             step(*flags)  # warm-up
         for _ in range(args.repeats):  # interleaved, so that a busy moment of the machine hits every variant
             for name, flags in variants.items():

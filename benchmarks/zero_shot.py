@@ -26,16 +26,15 @@ from pathlib import Path
 
 import torch
 
-from noduleclip.atomic import write_text
+from noduleclip.atomic import jsonable, write_text
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.demo import synthetic_cohort
+from noduleclip.ensemble import RunEnsemble
 from noduleclip.errors import InputError
-from noduleclip.evaluate.metrics import jsonable
 from noduleclip.evaluate.zero_shot import out_of_fold_zero_shot, zero_shot_table
 from noduleclip.preprocess.cache import ViewCache
 from noduleclip.semantics.prompts import ENSEMBLE, PAPER
 from noduleclip.train import TrainConfig, train_run
-from noduleclip.train.cv import load_run
 from noduleclip.train.splits import SplitPlan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,13 +102,13 @@ def main(argv: list[str] | None = None) -> dict:
     print("[3] zero-shot: the fold ensemble on the internal test set, each fold model out of fold", flush=True)
     records = list(NoduleManifest.read(manifest_path))
     by_id = {r.nodule_id: r for r in records}
-    _, models = load_run(out / "run")
+    ensemble = RunEnsemble.load(out / "run")
     plan = SplitPlan.read_csv(out / "run" / "splits.csv")
     cache = ViewCache(out / "run" / "cache", config.views, create=False)
     test_ids = plan.test_ids()
     with torch.inference_mode():
-        test_rows = zero_shot_table(models, torch.from_numpy(cache.load_many(test_ids)), [by_id[n] for n in test_ids])
-    oof = out_of_fold_zero_shot(models, records, plan, cache, config.eval_batch_size)
+        test_rows = zero_shot_table(ensemble, cache.load_many(test_ids), [by_id[n] for n in test_ids])
+    oof = out_of_fold_zero_shot(ensemble, records, plan, cache)
     seconds["zero_shot"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
 

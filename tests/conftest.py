@@ -1,15 +1,17 @@
-"""Shared fixtures: synthetic volumes built in memory, and the real LIDC data when it is present."""
+"""Shared fixtures: the real LIDC data when it is present, and one tiny training run for the whole session.
+
+Helper functions (volume makers, writers, the tiny cohort) live in helpers.py; import them from there, never from
+conftest.py or from a test module."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter
-from scipy.spatial.transform import Rotation
 
-from noduleclip.io.volume import Volume
+from helpers import BASE, tree_state, write_cohort
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -22,51 +24,65 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def make_volume(shape=(40, 90, 80), spacing=(0.8, 0.7, 2.0), angles=(10, -20, 30), seed=0,
-                origin=(-40.0, 30.0, 100.0)) -> Volume:
-    """A lung-like textured volume (HU) with anisotropic spacing and a rotated direction."""
-    rng = np.random.default_rng(seed)
-    texture = gaussian_filter(rng.normal(size=shape), 3)
-    array = (-800 + texture / texture.std() * 150).astype(np.float32)
-    direction = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
-    return Volume(array, origin=origin, spacing=spacing, direction=direction)
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory) -> SimpleNamespace:
+    """The tiny synthetic cohort of `helpers.write_cohort` (16 patients, 22 nodules), written once per session.
+
+    `manifest` and its folder `data` must not be changed by any test (a test that needs another manifest writes
+    it into its own tmp_path). `cache` is the view cache the session's runs share: every run that names it
+    with the default view settings only reads it once it holds the cohort's 22 nodules."""
+    root = tmp_path_factory.mktemp("tiny-cohort")
+    manifest = write_cohort(root / "data")
+    return SimpleNamespace(manifest=manifest, data=manifest.parent, cache=root / "cache")
 
 
-def add_sphere(volume: Volume, center_lps, radius_mm: float, hu: float = 400.0) -> Volume:
-    """Paint a sphere of `hu` at a world point (in place) and return the volume."""
-    k, j, i = np.indices(volume.array.shape)
-    world = volume.index_to_world(np.stack([i, j, k], axis=-1).reshape(-1, 3)).reshape(volume.array.shape + (3,))
-    inside = np.linalg.norm(world - np.asarray(center_lps), axis=-1) <= radius_mm
-    volume.array[inside] = hu
-    return volume
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cohort, tmp_path_factory):
+    """One tiny run (`helpers.BASE`: the `tiny` backbone, 2 folds of 2 epochs) on `tiny_cohort`, trained once for
+    the session and shared by test_train_run, test_predict and test_evaluate_cli: a `RunResult` (`.run` is the
+    folder, `.config`, `.metrics`, `.summary`).
+
+    Read it, never write into it: a test that changes a run (deletes a file, resumes it with other options)
+    works on a copy (`shutil.copytree(tiny_run.run, tmp_path / "run")`). At the end of the session this fixture
+    fails if any file of the run or of the cohort was added, removed or rewritten."""
+    from noduleclip.train import TrainConfig, train_run
+
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    result = train_run(tiny_cohort.manifest, run, TrainConfig(**BASE, cache=str(tiny_cohort.cache)))
+    before = {"run": tree_state(run), "cohort": tree_state(tiny_cohort.data)}
+    yield result
+    after = {"run": tree_state(run), "cohort": tree_state(tiny_cohort.data)}
+    for name in before:
+        changed = sorted(set(before[name].items()) ^ set(after[name].items()))
+        assert not changed, f"a test modified the shared tiny {name} ({changed[0][0]}); copy it with shutil.copytree " \
+                            "before changing it"
 
 
-def lidc0001_first_reader_contours(shared: Path) -> list[tuple[float, list[tuple[int, int]]]]:
-    """Nodule 001 of the first reader in 069.xml: [(imageZposition, [(x_pixel, y_pixel), ...]), ...]."""
-    import xml.etree.ElementTree as ET
+@pytest.fixture
+def backbone_registry():
+    """The backbone registry (name -> BackboneConfig) for a test that registers backbones of its own (directly or
+    with `register_backbone`): whatever the test adds or removes is undone when it ends, pass or fail."""
+    from noduleclip.model.backbones import BACKBONES
 
-    ns = {"l": "http://www.nih.gov"}
-    root = ET.parse(shared / "lidc-idri-0001" / "069.xml").getroot()
-    session = root.find("l:readingSession", ns)
-    for nodule in session.findall("l:unblindedReadNodule", ns):
-        if nodule.find("l:characteristics", ns) is None:
-            continue
-        rois = []
-        for roi in nodule.findall("l:roi", ns):
-            z = float(roi.find("l:imageZposition", ns).text)
-            pts = [(int(e.find("l:xCoord", ns).text), int(e.find("l:yCoord", ns).text))
-                   for e in roi.findall("l:edgeMap", ns)]
-            rois.append((z, pts))
-        return rois
-    raise AssertionError("no characterised nodule for the first reader")
+    saved = dict(BACKBONES)
+    try:
+        yield BACKBONES
+    finally:
+        BACKBONES.clear()
+        BACKBONES.update(saved)
 
 
-def lidc0001_nodule_center(shared: Path, volume) -> np.ndarray:
-    """The first reader's nodule centre in LPS mm, by hand from its contour points and the series geometry."""
-    points = []
-    for z, pts in lidc0001_first_reader_contours(shared):
-        zs = volume.index_to_world(np.array([[0, 0, k] for k in range(volume.array.shape[0])]))[:, 2]
-        k = int(np.argmin(np.abs(zs - z)))
-        assert abs(zs[k] - z) < 0.01, "contour z must match a slice"
-        points += [volume.index_to_world([x, y, k]) for x, y in pts]
-    return np.mean(points, axis=0)
+@pytest.fixture(autouse=True)
+def no_leaked_backbones():
+    """Fails the test that leaves a backbone registered beyond the package's own (the BackboneConfig constants of
+    noduleclip.model.backbones), so that no test sees what an earlier one registered: use `backbone_registry`."""
+    yield
+    module = sys.modules.get("noduleclip.model.backbones")
+    if module is None:  # nothing imported the registry, so nothing registered
+        return
+    own = {value.name for value in vars(module).values() if isinstance(value, module.BackboneConfig)}
+    leaked = sorted(set(module.BACKBONES) - own)
+    for name in leaked:  # removed, so that the next test starts clean whatever this one did
+        del module.BACKBONES[name]
+    assert not leaked, f"this test left backbone(s) {leaked} registered; register them through the " \
+                       "`backbone_registry` fixture"

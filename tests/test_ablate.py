@@ -9,15 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train_run import BASE, cli_args, read_rows, write_cohort
 
+from helpers import BASE, cli_args, read_rows
 from noduleclip.ablate.runner import MODELS, run_ablation
 from noduleclip.ablate.tables import read_model_scores
 from noduleclip.cli import main as cli_main
-from noduleclip.errors import InputError
 from noduleclip.data.manifest import NoduleManifest
+from noduleclip.errors import InputError
 from noduleclip.train import SplitPlan, TrainConfig, make_splits
 from noduleclip.train import cv as cv_module
+
+# every test here uses the `ablation` fixture: four trainings of two folds and the ablation report
+pytestmark = pytest.mark.slow
 
 OPTIONS = {**BASE, "epochs": 1}
 
@@ -47,14 +50,17 @@ def ablate_args(manifest, out, cache, **extra):
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ablate")
-    return write_cohort(root / "data"), root / "cache"
+def cohort(tiny_cohort):
+    """(manifest, view cache) of the session's tiny cohort (conftest.py)."""
+    return tiny_cohort.manifest, tiny_cohort.cache
 
 
 @pytest.fixture(scope="module")
 def ablation(cohort, tmp_path_factory):
-    """One full ablation through the command line, trainings counted."""
+    """One full ablation through the command line, trainings counted.
+
+    Its own trainings, not the session's tiny run: the ablation trains four tuning modes (one epoch each, to keep
+    it short) into its own folder, and the tests count those trainings and reuse them."""
     manifest, cache = cohort
     out = tmp_path_factory.mktemp("full") / "ablation"
     with pytest.MonkeyPatch.context() as patch:

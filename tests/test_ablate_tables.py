@@ -11,8 +11,8 @@ from noduleclip.ablate.tables import ablation_table, format_table, mean_sd, mode
 from noduleclip.errors import InputError
 
 LORA = [0.90, 0.88, 0.92, 0.91, 0.89, 0.93]
-PROBE = [v - d for v, d in zip(LORA, [0.05, 0.03, 0.07, 0.02, 0.04, 0.06])]  # lower on every fold
-FINETUNE = [v + d for v, d in zip(LORA, [0.01, -0.02, 0.03, -0.01, 0.02, -0.03])]  # mixed signs
+PROBE = [v - d for v, d in zip(LORA, [0.05, 0.03, 0.07, 0.02, 0.04, 0.06], strict=True)]  # lower on every fold
+FINETUNE = [v + d for v, d in zip(LORA, [0.01, -0.02, 0.03, -0.01, 0.02, -0.03], strict=True)]  # mixed signs
 VALIDATION = [0.80, 0.85, None, 0.75, 0.82, 0.78]  # fold 2's validation set had one class only
 
 
@@ -27,7 +27,7 @@ def metrics(test_auroc, ensemble_auroc, validation=VALIDATION):
 
 def predictions(risk, labels):
     return [{"nodule_id": f"N{i}", "label": str(y), "ensemble": repr(float(r))}
-            for i, (r, y) in enumerate(zip(risk, labels))]
+            for i, (r, y) in enumerate(zip(risk, labels, strict=True))]
 
 
 @pytest.fixture(scope="module")

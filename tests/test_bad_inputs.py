@@ -6,29 +6,19 @@ InputError (or the command's error output) must hold, and words it must not hold
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pydicom
 import pytest
 
-from conftest import make_volume
-from noduleclip.cli import main
+from helpers import Case, full_ct, make_volume, refusal, write_ct_series
 from noduleclip.data.manifest import NoduleManifest
-from noduleclip.errors import InputError
 from noduleclip.io import check_looks_like_ct, read_mask, read_volume, write_volume
 from noduleclip.predict.sites import locate_nodules
 from noduleclip.preprocess.pipeline import nodule_center
-from test_io_support import write_ct_series
 
 MANIFEST_HEADER = "patient_id,nodule_id,image,coord_x,coord_y,coord_z,label\n"
-
-
-def full_ct(tmp_path: Path, name: str = "scan.nii.gz") -> Path:
-    """A CT-like scan of 320 x 320 x 100 mm (64 x 64 x 20 voxels of 5 mm): a scan, not a nodule crop."""
-    return write_volume(make_volume(shape=(20, 64, 64), spacing=(5.0, 5.0, 5.0), angles=(0, 0, 0)), tmp_path / name)
 
 
 def manifest(tmp_path: Path, cells: str, image: str = "scan.nii.gz") -> Path:
@@ -60,7 +50,8 @@ def truncated(path: Path, data_file: Path | None = None) -> Path:
 
 
 def truncated_file(tmp_path: Path, name: str) -> Path:
-    path = write_volume(make_volume(shape=(12, 30, 30), angles=(0, 0, 0)), tmp_path / name, compress=name.endswith(".gz"))
+    volume = make_volume(shape=(12, 30, 30), angles=(0, 0, 0))
+    path = write_volume(volume, tmp_path / name, compress=name.endswith(".gz"))
     data_file = path.with_suffix(".raw") if path.suffix == ".mhd" else None
     return truncated(path, data_file)
 
@@ -142,17 +133,6 @@ def sites_on_scan(table: Path) -> None:
     locate_nodules(read_volume(table.parent / "scan.nii.gz"), nodules=table)
 
 
-@dataclass(frozen=True)
-class Case:
-    build: Callable  # tmp_path (and the shared data folder) -> the input given to `call` or to the command
-    words: tuple[str, ...]
-    call: Callable[[Path], None] | None = None  # raises InputError; or else
-    command: tuple[str, ...] = ()  # CLI arguments, INPUT and OUT replaced by the input and the --out folder
-    status: int = 2  # the command's exit status
-    absent: tuple[str, ...] = ()
-    shared: bool = False  # the input is built from ../shared/data
-
-
 PREPROCESS = ("preprocess", "INPUT", "--out", "OUT", "--workers", "1")
 VIEWS = ("views", "INPUT", "--coord", "0,0,0", "--out", "OUT/views.png")
 NOT_A_CROP = ("row 2 (nodule 'n1')", "spans 320 x 320 x 100 mm", "not a nodule crop", "give coord_x, coord_y, coord_z")
@@ -160,32 +140,39 @@ NOT_A_CROP = ("row 2 (nodule 'n1')", "spans 320 x 320 x 100 mm", "not a nodule c
 CASES = {
     # 1. no coordinates and no mask on a scan: its centre is not a nodule
     "empty coordinates on a scan": Case(uncentred_manifest, NOT_A_CROP, call=centre_of_first_row),
-    "nan coordinates on a scan, preprocess": Case(lambda t: uncentred_manifest(t, "nan,nan,nan"), ("failed n1:",) + NOT_A_CROP,
-                                                 command=PREPROCESS, status=1),
+    "nan coordinates on a scan, preprocess": Case(lambda t: uncentred_manifest(t, "nan,nan,nan"),
+                                                 ("failed n1:",) + NOT_A_CROP, command=PREPROCESS, status=1),
     "predict nodule table row on a scan": Case(uncentred_table, ("nodules.csv row 2 (nodule 'A')", "not a nodule crop",
                                                                 "give coord_x, coord_y, coord_z"), call=sites_on_scan),
     # 2. files cut short: half the voxels would read as 0
-    "truncated nii.gz": Case(lambda t: truncated_file(t, "cut.nii.gz"), ("cut.nii.gz is truncated", "re-copy"), call=read_ct),
-    "truncated nii.gz, views": Case(lambda t: truncated_file(t, "cut.nii.gz"), ("cut.nii.gz is truncated",), command=VIEWS),
-    "truncated nii": Case(lambda t: truncated_file(t, "cut.nii"), ("cut.nii is truncated", "voxel bytes its header declares"),
-                          call=read_ct),
-    "truncated nii.gz mask": Case(lambda t: truncated_file(t, "mask.nii.gz"), ("mask.nii.gz is truncated",), call=read_mask),
+    "truncated nii.gz": Case(lambda t: truncated_file(t, "cut.nii.gz"), ("cut.nii.gz is truncated", "re-copy"),
+                             call=read_ct),
+    "truncated nii.gz, views": Case(lambda t: truncated_file(t, "cut.nii.gz"), ("cut.nii.gz is truncated",),
+                                    command=VIEWS),
+    "truncated nii": Case(lambda t: truncated_file(t, "cut.nii"),
+                          ("cut.nii is truncated", "voxel bytes its header declares"), call=read_ct),
+    "truncated nii.gz mask": Case(lambda t: truncated_file(t, "mask.nii.gz"), ("mask.nii.gz is truncated",),
+                                  call=read_mask),
     "truncated mha": Case(lambda t: truncated_file(t, "cut.mha"), ("cut.mha", "truncated"), call=read_ct),
     "truncated mhd data file": Case(lambda t: truncated_file(t, "cut.mhd"), ("cut.mhd", "truncated"), call=read_ct),
     "truncated nrrd": Case(lambda t: truncated_file(t, "cut.nrrd"), ("cut.nrrd", "truncated"), call=read_ct),
     # 3. NaN voxels: the same refusal whatever the format
-    "NaN voxel in nii.gz": Case(lambda t: with_nan(t, "nan.nii.gz"), ("nan.nii.gz contains NaN", "1 of its 10800 voxels"),
-                                call=read_ct),
-    "NaN voxel in nii": Case(lambda t: with_nan(t, "nan.nii"), ("nan.nii contains NaN", "1 of its 10800 voxels"), call=read_ct),
-    "NaN voxel in mha": Case(lambda t: with_nan(t, "nan.mha"), ("nan.mha contains NaN", "1 of its 10800 voxels"), call=read_ct),
-    "NaN voxel in nrrd": Case(lambda t: with_nan(t, "nan.nrrd"), ("nan.nrrd contains NaN", "1 of its 10800 voxels"), call=read_ct),
+    "NaN voxel in nii.gz": Case(lambda t: with_nan(t, "nan.nii.gz"),
+                                ("nan.nii.gz contains NaN", "1 of its 10800 voxels"), call=read_ct),
+    "NaN voxel in nii": Case(lambda t: with_nan(t, "nan.nii"), ("nan.nii contains NaN", "1 of its 10800 voxels"),
+                             call=read_ct),
+    "NaN voxel in mha": Case(lambda t: with_nan(t, "nan.mha"), ("nan.mha contains NaN", "1 of its 10800 voxels"),
+                             call=read_ct),
+    "NaN voxel in nrrd": Case(lambda t: with_nan(t, "nan.nrrd"), ("nan.nrrd contains NaN", "1 of its 10800 voxels"),
+                              call=read_ct),
     "all-NaN nii.gz, preprocess": Case(all_nan_manifest, ("failed n1:", "contains NaN", "all its voxels are NaN"),
                                        command=PREPROCESS, status=1, absent=("range 0 to 0",)),
     # 4. a wrong rescale intercept: the padding is below -500, the body is not
     "intercept 0, synthetic": Case(shifted_by_intercept, ("shifted.nii.gz does not look like CT", "lowest value -1024",
                                                           "RescaleIntercept"), call=read_ct),
-    "intercept 0, LIDC-IDRI-0001": Case(real_series_with_intercept_0, ("intercept0 does not look like CT", "lowest value -1024",
-                                                                       "RescaleIntercept"), call=read_ct, shared=True),
+    "intercept 0, LIDC-IDRI-0001": Case(real_series_with_intercept_0, ("intercept0 does not look like CT",
+                                                                       "lowest value -1024", "RescaleIntercept"),
+                                        call=read_ct, shared=True),
     # 5. DICOM series with one wrong file
     "MR slice in a CT series": Case(series_with_mr_slice, ("broken.dcm in CT series", "is Modality MR, not a CT slice"),
                                     call=read_ct),
@@ -197,28 +184,6 @@ CASES = {
                                call=NoduleManifest.read) for word in ("yes", "true", "malignant", "benign", "no", "2")},
     "label 'yes', preprocess": Case(lambda t: labelled(t, "yes"), ("m.csv row 2", "label 'yes'"), command=PREPROCESS),
 }
-
-
-def produced(out: Path) -> list[Path]:
-    """Files a command left under --out, except the cache's settings file (written before any scan is read)."""
-    return [p for p in out.rglob("*") if p.is_file() and p.name != "cache.json"] if out.exists() else []
-
-
-def refusal(case: Case, built: Path, tmp_path: Path, capsys) -> str:
-    """The one-sentence refusal of a case: its InputError, or the single error line of its command (which must exit
-    with the case's status and leave --out without results). INPUT, SCAN and OUT in the command are filled in."""
-    if case.call is not None:
-        with pytest.raises(InputError) as err:
-            case.call(built)
-        return str(err.value)
-    out = tmp_path / "out"
-    fill = {"INPUT": str(built), "SCAN": str(tmp_path / "scan.nii.gz")}
-    argv = [fill.get(a, a.replace("OUT", str(out))) for a in case.command]
-    assert main(argv) == case.status
-    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line or line.startswith("failed ")]
-    assert len(lines) == 1, lines
-    assert produced(out) == []
-    return lines[0]
 
 
 @pytest.mark.parametrize("name", list(CASES))

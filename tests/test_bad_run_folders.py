@@ -13,18 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_volume
+from helpers import Case, full_ct, make_volume, refusal, write_ct_series
 from noduleclip.atomic import plain_cell, spreadsheet_safe, write_csv
 from noduleclip.cli import main
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
 from noduleclip.io import Volume, write_volume
+from noduleclip.metrics.calibration import Calibrator, read_validation_predictions
 from noduleclip.model.checkpoint import load_model, read_model_config
 from noduleclip.model.model import ModelConfig
-from noduleclip.predict.calibrate import Calibrator, read_validation_predictions
 from noduleclip.train.config import TrainConfig
-from test_bad_inputs import Case, full_ct, refusal
-from test_io_support import write_ct_series
 
 PREDICT = ("predict", "INPUT", "SCAN", "--coord", "0,0,0", "--out", "OUT")
 VIEWS_TO = ("views", "INPUT", "--coord", "0,0,0", "--out")
@@ -84,7 +82,8 @@ def two_series(tmp_path: Path) -> Path:
     """A DICOM folder holding two CT series, 1.2.3.4 (8 slices) and 1.2.3.5 (5 slices)."""
     volume = make_volume(shape=(8, 40, 40), spacing=(1.0, 1.0, 2.0), angles=(0, 0, 0))
     write_ct_series(volume, tmp_path / "ct" / "a", series_uid="1.2.3.4")
-    write_ct_series(Volume(volume.array[:5], volume.origin, volume.spacing), tmp_path / "ct" / "b", series_uid="1.2.3.5")
+    shorter = Volume(volume.array[:5], volume.origin, volume.spacing)
+    write_ct_series(shorter, tmp_path / "ct" / "b", series_uid="1.2.3.5")
     return tmp_path / "ct"
 
 
@@ -93,9 +92,10 @@ CASES = {
     # a run's config.json
     "folds as a string, predict": Case(lambda t: run_folder(t, folds="5"), (CONFIG, "'folds'", "not an integer",
                                                                             "train the run again"), command=PREDICT),
-    "folds 0, predict": Case(lambda t: run_folder(t, folds=0), (CONFIG, "folds=0", "at least 2 folds"), command=PREDICT),
-    "unknown key in views, predict": Case(lambda t: run_folder(t, views={"zoom": 2}), (CONFIG, "'views.zoom'",
-                                                                                      "size, spacing_mm"), command=PREDICT),
+    "folds 0, predict": Case(lambda t: run_folder(t, folds=0), (CONFIG, "folds=0", "at least 2 folds"),
+                             command=PREDICT),
+    "unknown key in views, predict": Case(lambda t: run_folder(t, views={"zoom": 2}),
+                                          (CONFIG, "'views.zoom'", "size, spacing_mm"), command=PREDICT),
     "views not an object, predict": Case(lambda t: run_folder(t, views=[50]), (CONFIG, "'views'", "not an object"),
                                          command=PREDICT),
     "nonsense backbone, predict": Case(lambda t: run_folder(t, backbone="resnet-9000"), (
@@ -120,8 +120,10 @@ CASES = {
     "calibrator that is a list": Case(lambda t: (t / "calibrator.json").write_text("[1, 2]") and t / "calibrator.json",
                                       ("calibrator.json holds a JSON list", "calibrate_run"), call=Calibrator.load),
     # views --out
-    "views --out a folder": Case(scan_and_out_folder, ("--out", "is a folder", "views.png"), command=VIEWS_TO + ("OUT",)),
-    "views --out not a png": Case(full_ct, ("--out", "views.jpg is not a .png name"), command=VIEWS_TO + ("OUT/views.jpg",)),
+    "views --out a folder": Case(scan_and_out_folder, ("--out", "is a folder", "views.png"),
+                                 command=VIEWS_TO + ("OUT",)),
+    "views --out not a png": Case(full_ct, ("--out", "views.jpg is not a .png name"),
+                                  command=VIEWS_TO + ("OUT/views.jpg",)),
     # two CT series in one folder
     "two series, views": Case(two_series, ("holds 2 CT series", "--series-uid UID", "series_uid column"),
                               command=VIEWS_TO + ("OUT/views.png",)),
@@ -157,8 +159,9 @@ def test_views_reads_the_series_it_is_given(tmp_path, capsys):
 def test_the_manifest_series_uid_column_chooses_the_series(tmp_path):
     folder = two_series(tmp_path)
     path = tmp_path / "m.csv"
+    scan = write_volume(make_volume(), tmp_path / "s.nii.gz")
     path.write_text(f"patient_id,nodule_id,image,coord_x,coord_y,coord_z,label,series_uid\n"
-                    f"p1,n1,{folder},,,,1,1.2.3.5\np2,n2,{write_volume(make_volume(), tmp_path / 's.nii.gz')},,,,0,1.2\n")
+                    f"p1,n1,{folder},,,,1,1.2.3.5\np2,n2,{scan},,,,0,1.2\n")
     first, second = NoduleManifest.read(path)
     assert first.series_uid == "1.2.3.5"
     assert second.series_uid is None  # a file holds one series

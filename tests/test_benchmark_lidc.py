@@ -2,39 +2,74 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from helpers import REPO, read_log, read_rows
 
 
+def printed(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def auroc(rows: list[dict], score: str) -> float:
+    """AUROC of `score` over the rows with a label, by sklearn."""
+    known = [r for r in rows if r["label"] != ""]
+    return roc_auc_score([int(r["label"]) for r in known], [float(r[score]) for r in known])
+
+
+def model_block(stdout: str, model: str) -> list[str]:
+    """The lines the benchmark prints under a model's name (up to the next blank line)."""
+    lines = stdout.split("=== LIDC benchmark", 1)[1].splitlines()
+    start = lines.index(model) + 1
+    return lines[start:lines.index("", start)]
+
+
+@pytest.mark.slow
 def test_quick_benchmark_scores_every_nodule_once_out_of_fold(shared_data, tmp_path):
     out = tmp_path / "lidc"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lidc.py"), "--quick", "--threads", "1",
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lidc.py"), "--quick", "--threads", "1",
                            "--data", str(shared_data), "--out", str(out), "--levers"], capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "zero-shot margins" in done.stdout and "diameter alone (same folds)" in done.stdout
     document = json.loads((out / "lidc_benchmark.json").read_text())
-    with open(out / "manifest.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_rows(out / "manifest.csv")
     labelled = sum(r["label"] != "" for r in rows)
     assert document["settings"]["folds"] == 2 and document["settings"]["nodules"] == len(rows)
 
-    # every labelled nodule is scored once, by the one fold model that did not train on it
+    # every labelled nodule is scored once, by the one fold model that did not train on it; each AUROC is that of
+    # the model's written out-of-fold predictions (by sklearn), per fold and pooled, and is the one printed
     for model in ("lora", "probe", "vision-only", "semantic"):
         summary = document["models"][model]
         assert len(summary["folds"]) == 2
         assert sum(f["n"] for f in summary["folds"]) == summary["nodule"]["n"] == labelled
-        assert 0 <= summary["nodule"]["auroc"] <= 1
-    assert document["models"]["lora"]["folds"][0]["last_epoch_auroc"] is not None
+        val = read_rows(out / "ablation" / model / "val_predictions.csv")
+        assert summary["nodule"]["auroc"] == pytest.approx(auroc(val, "probability"), abs=1e-12)
+        block = model_block(done.stdout, model)
+        pooled_line = next(line for line in block if line.strip().startswith("out-of-fold, pooled, nodules"))
+        assert f"AUROC {printed(summary['nodule']['auroc'])} [" in pooled_line, pooled_line
+        log = [e for e in read_log(out / "ablation" / model) if e["event"] == "epoch"] if model != "semantic" else []
+        for f in summary["folds"]:
+            fold_rows = [r for r in val if int(r["fold"]) == f["fold"]]
+            assert f["auroc"] == pytest.approx(auroc(fold_rows, "probability"), abs=1e-12)
+            fold_line = next(line for line in block if line.strip().startswith(f"fold {f['fold']}:"))
+            assert f"AUROC {printed(f['auroc'])} " in fold_line, fold_line
+            if model != "semantic":  # the last epoch's validation AUROC, as its log has it
+                assert f["last_epoch_auroc"] == [e["val"]["auroc"] for e in log if e["fold"] == f["fold"]][-1]
+                assert fold_line.endswith(f"last-epoch AUROC {printed(f['last_epoch_auroc'])})"), fold_line
 
     # diameter carries real signal on these labels (0.88 on all LIDC crops): a misaligned label would give ~0.5
-    assert document["same_fold_baselines"]["diameter"]["pooled"]["auroc"] > 0.75
-    assert document["same_fold_baselines"]["diameter"]["pooled"]["n"] == labelled
+    diameter = document["same_fold_baselines"]["diameter"]["pooled"]
+    assert diameter["auroc"] > 0.75 and diameter["n"] == labelled
+    # (no test set: every labelled nodule is in a validation fold)
+    assert diameter["auroc"] == pytest.approx(auroc(rows, "diameter_mm"), abs=1e-12)
+    assert f"pooled AUROC {printed(diameter['auroc'])}" in next(
+        line for line in done.stdout.splitlines() if line.startswith("diameter alone (same folds)"))
 
     # zero-shot: the pooled table covers every nodule (labelled or not) exactly once
     zero_shot = document["zero_shot"]
@@ -50,7 +85,8 @@ def test_quick_benchmark_scores_every_nodule_once_out_of_fold(shared_data, tmp_p
         assert trained["size_weight"] == (1.0 if n >= 2 else 0.0)
         assert trained["field_of_view"] == {3: 24, 4: 16}.get(n)
         assert trained["sampler"] == ("semantic" if n == 0 else "none")
-        assert (out / "levers" / str(n) / "probe" / "splits.csv").read_text() == (out / "ablation" / "splits.csv").read_text()
+        assert (out / "levers" / str(n) / "probe" / "splits.csv").read_text() == \
+            (out / "ablation" / "splits.csv").read_text()
         assert row["against_diameter"]["n"] == labelled
     # the goals: one line per model for the AUROC and the DeLong test against diameter, and the text comparison
     texts = [line["text"] for line in document["goal_lines"]]

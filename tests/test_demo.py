@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.demo import DemoConfig, run_demo
@@ -28,6 +29,9 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert sorted(r["nodule_id"] for r in rows) == sorted(r.nodule_id for r in external)
     for r in rows:  # the ensemble is the mean of the fold models
         assert float(r["ensemble"]) == pytest.approx(np.mean([float(r["fold_0"]), float(r["fold_1"])]))
+    labelled = [r for r in rows if r["label"] != ""]  # the printed external AUROC is that of these predictions
+    assert summary["external"]["nodule"]["auroc"] == pytest.approx(
+        roc_auc_score([int(r["label"]) for r in labelled], [float(r["ensemble"]) for r in labelled]), abs=1e-12)
     # The external cohort's patients never appear in training, and the two cohorts share no patient.
     internal = NoduleManifest.read(tmp_path / "cohort-screening" / "manifest.csv")
     assert not {r.patient_id for r in internal} & {r.patient_id for r in external}
@@ -39,7 +43,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
 
     assert main(["evaluate", str(tmp_path / "run"), str(tmp_path / "cohort-contrast" / "manifest.csv"),
                  "--out", str(tmp_path / "again"), "--workers", "1"]) == 0
-    assert (tmp_path / "again" / "predictions.csv").read_text() == (tmp_path / "external" / "predictions.csv").read_text()
+    reproduced = (tmp_path / "again" / "predictions.csv").read_text()
+    assert reproduced == (tmp_path / "external" / "predictions.csv").read_text()
     assert (tmp_path / "again" / "roc.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["evaluate", str(tmp_path / "cohort-contrast"), str(tmp_path / "cohort-contrast" / "manifest.csv"),
                  "--out", str(tmp_path / "bad")]) == 2

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from noduleclip.errors import InputError
-from noduleclip.evaluate.compare import compare_model, malignancy_blocks, parse_compare_spec, read_scores
-from noduleclip.evaluate.metrics import classification_metrics
+from noduleclip.evaluate.compare import compare_model, parse_compare_spec, read_scores
+from noduleclip.evaluate.evaluation_report import malignancy_blocks
 from noduleclip.evaluate.stats import delong_test
+from noduleclip.metrics.classification import classification_metrics
 from noduleclip.report import Table, Text
 from noduleclip.train.results import scored_set
 
@@ -51,7 +52,7 @@ def test_specs_and_score_columns(tmp_path):
 
 
 def test_matching_is_by_id_so_the_file_order_does_not_matter(tmp_path):
-    rows = [[i, s] for i, s in zip(IDS, THEIRS)]
+    rows = [[i, s] for i, s in zip(IDS, THEIRS, strict=True)]
     straight = read_scores(f"other={write(tmp_path / 'a.csv', ['nodule_id', 'score'], rows)}")
     order = np.random.default_rng(0).permutation(len(rows))
     shuffled = read_scores(f"other={write(tmp_path / 'b.csv', ['nodule_id', 'score'], [rows[i] for i in order])}")
@@ -94,12 +95,14 @@ def test_per_patient_scores_compare_at_patient_level_only(tmp_path):
     assert list(result["levels"]) == ["patient"] and result["missing"] == ["P5"]
     patient = result["levels"]["patient"]
     labels = np.nanmax(LABELS.reshape(6, 2), 1)[:5]
-    assert patient["other"]["auroc"] == classification_metrics(labels, [0.9, 0.1, 0.6, 0.3, 0.8], n_bootstrap=0)["auroc"]
-    assert patient["ours"]["auroc"] == classification_metrics(labels, OURS.reshape(6, 2).max(1)[:5], n_bootstrap=0)["auroc"]
+    other_by_hand = classification_metrics(labels, [0.9, 0.1, 0.6, 0.3, 0.8], n_bootstrap=0)
+    ours_by_hand = classification_metrics(labels, OURS.reshape(6, 2).max(1)[:5], n_bootstrap=0)
+    assert patient["other"]["auroc"] == other_by_hand["auroc"]
+    assert patient["ours"]["auroc"] == ours_by_hand["auroc"]
 
 
 def test_the_malignancy_table_holds_every_model_and_marks_significant_p(tmp_path):
-    rows = [[i, s] for i, s in zip(IDS[:10], LABELS[:10] * 0.8 + 0.1)]  # a perfect model on ten nodules
+    rows = [[i, s] for i, s in zip(IDS[:10], LABELS[:10] * 0.8 + 0.1, strict=True)]  # a perfect model on ten nodules
     compared = read_scores(f"oracle={write(tmp_path / 'o.csv', ['nodule_id', 'risk'], rows)}")
     metrics = scored_set(IDS, PATIENTS, LABELS, OURS, 0, 0)
     result = json.loads(json.dumps(compare_model(compared, IDS, PATIENTS, LABELS, OURS, bootstrap=0)))

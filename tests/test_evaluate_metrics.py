@@ -5,7 +5,7 @@ import pytest
 
 from noduleclip.errors import InputError
 from noduleclip.evaluate.gallery import gallery_tiles, pick_errors
-from noduleclip.evaluate.metrics import brier_score, calibration_curve
+from noduleclip.metrics.classification import brier_score, calibration_curve
 from noduleclip.plots import plot_calibration
 
 

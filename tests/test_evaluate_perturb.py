@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import add_sphere, make_volume
 
+from helpers import add_sphere, delong_p, make_volume
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
 from noduleclip.evaluate.perturb import (
@@ -169,4 +169,6 @@ def test_robustness_rows_measure_changes_against_the_unperturbed_scores():
     assert row["shift_p95"] == pytest.approx(np.percentile([0, 0, 0.1, 0, 0.2], 95))
     assert row["delta_brier"] == pytest.approx(np.mean(([0.1, 0.4, 0.45, 0.8] - np.array([0, 0, 1, 1])) ** 2)
                                                - np.mean(([0.1, 0.4, 0.35, 0.8] - np.array([0, 0, 1, 1])) ** 2))
-    assert 0 < row["delong_p"] <= 1
+    known = slice(0, 4)  # the labelled nodules
+    assert row["delong_p"] == pytest.approx(delong_p(labels[known], risk[known], (risk + [0, 0, 0.1, 0, 0])[known]),
+                                            rel=1e-9)

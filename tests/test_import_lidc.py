@@ -10,14 +10,20 @@ import pydicom
 import pytest
 from scipy.spatial.transform import Rotation
 
-from conftest import lidc0001_nodule_center
-from test_io_support import write_ct_series
+from helpers import lidc0001_nodule_center, write_ct_series
 from noduleclip.cli import main
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.importers import LidcConfig, import_lidc, read_lidc_ratings
 from noduleclip.importers.lidc_xml import (
-    ReaderNodule, Roi, XmlReport, cluster_marks, label_from_malignancy, median_grade, mode_grade,
-    place_mark, read_series_reads,
+    ReaderNodule,
+    Roi,
+    XmlReport,
+    cluster_marks,
+    label_from_malignancy,
+    median_grade,
+    mode_grade,
+    place_mark,
+    read_series_reads,
 )
 from noduleclip.io import Volume, read_mask, read_volume
 from noduleclip.preprocess.views import mask_centroid
@@ -42,21 +48,23 @@ def roi_xml(z: float, sop: str, points, inclusion: bool = True) -> str:
 
 
 def lidc_xml(series_uid: str, sessions: list[list[str]], study_uid: str = "1.2.3.4") -> str:
-    body = "".join("<readingSession><servicingRadiologistID>anon</servicingRadiologistID>" + "".join(s) + "</readingSession>"
-                   for s in sessions)
+    body = "".join("<readingSession><servicingRadiologistID>anon</servicingRadiologistID>" + "".join(s)
+                   + "</readingSession>" for s in sessions)
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n<LidcReadMessage uid="1.1" xmlns="{NS}"><ResponseHeader>'
             f"<SeriesInstanceUid>{series_uid}</SeriesInstanceUid><StudyInstanceUID>{study_uid}</StudyInstanceUID>"
             f"</ResponseHeader>{body}</LidcReadMessage>")
 
 
 def nodule_xml(name: str, rois: list[str], ratings: tuple | None) -> str:
-    chars = "" if ratings is None else "<characteristics>" + "".join(f"<{t}>{v}</{t}>" for t, v in zip(TAGS, ratings)) + "</characteristics>"
+    tags = "" if ratings is None else "".join(f"<{t}>{v}</{t}>" for t, v in zip(TAGS, ratings, strict=True))
+    chars = "" if ratings is None else f"<characteristics>{tags}</characteristics>"
     return f"<unblindedReadNodule><noduleID>{name}</noduleID>{chars}{''.join(rois)}</unblindedReadNodule>"
 
 
 def write_series(folder, direction, patient_id: str, origin=(-20.0, -25.0, 40.0)):
     """A 12 x 64 x 64 CT series (0.7 mm pixels, 2.5 mm slices); returns the writer's Volume and (SOP UID, z) per k."""
-    volume = Volume(np.full((12, 64, 64), -900.0, np.float32), origin=origin, spacing=(0.7, 0.7, 2.5), direction=direction)
+    volume = Volume(np.full((12, 64, 64), -900.0, np.float32), origin=origin, spacing=(0.7, 0.7, 2.5),
+                    direction=direction)
     paths = write_ct_series(volume, folder)
     slices = []
     for path in paths:
@@ -68,7 +76,8 @@ def write_series(folder, direction, patient_id: str, origin=(-20.0, -25.0, 40.0)
 
 
 def two_reader_xml(series_uid: str, slices) -> str:
-    """Reader 1: nodule A (with a hole on k=4) and nodule B; reader 2: nodule A (matched by z only), a point, a non-nodule."""
+    """Reader 1: nodule A (with a hole on k=4) and nodule B; reader 2: nodule A (matched by z only), a point, a
+    non-nodule."""
     a1 = [roi_xml(slices[k][1], slices[k][0], circle(20, 22, 7)) for k in (3, 4, 5)]
     a1.append(roi_xml(slices[4][1], slices[4][0], circle(20, 22, 2), inclusion=False))
     b1 = [roi_xml(slices[k][1], slices[k][0], circle(45, 40, 5)) for k in (8, 9)]
@@ -86,7 +95,8 @@ def lidc_like(tmp_path):
     """Two series: one rotated in-plane with slices stored in descending z, one axial; and their XML reads."""
     rotated = Rotation.from_euler("z", 25, degrees=True).as_matrix() @ np.diag([1.0, 1.0, -1.0])
     vol1, slices1, uid1 = write_series(tmp_path / "dicom" / "p1" / "CT1", rotated, "LIDC-IDRI-9001")
-    vol2, slices2, uid2 = write_series(tmp_path / "dicom" / "p2" / "CT2", np.eye(3), "LIDC-IDRI-9002", origin=(10.0, 5.0, -80.0))
+    vol2, slices2, uid2 = write_series(tmp_path / "dicom" / "p2" / "CT2", np.eye(3), "LIDC-IDRI-9002",
+                                       origin=(10.0, 5.0, -80.0))
     xml = tmp_path / "xml" / "157"
     xml.mkdir(parents=True)
     (xml / "001.xml").write_text(two_reader_xml(uid1, slices1))
@@ -111,9 +121,11 @@ def test_world_coordinates_clusters_consensus_and_labels(lidc_like):
         np.testing.assert_allclose(a.coord, expected_world(volume, [20.5, 22.0, 4.25]), atol=0.3)
         np.testing.assert_allclose(b.coord, expected_world(volume, [45.0, 40.0, 8.5]), atol=0.3)
         assert a.columns["readers"] == "2" and b.columns["readers"] == "1"
-        grades = {k: int(a.columns[k]) for k in ("subtlety", "calcification", "margin", "lobulation", "spiculation", "malignancy")}
+        rated = ("subtlety", "calcification", "margin", "lobulation", "spiculation", "malignancy")
+        grades = {k: int(a.columns[k]) for k in rated}
         # medians (5,3)->4, (2,3)->2.5->3, (3,2)->2.5->3, (4,3)->3.5->3, (5,4)->4.5->4; calcification mode tie (6,3)->3
-        assert grades == {"subtlety": 4, "calcification": 3, "margin": 3, "lobulation": 3, "spiculation": 3, "malignancy": 4}
+        assert grades == {"subtlety": 4, "calcification": 3, "margin": 3, "lobulation": 3, "spiculation": 3,
+                          "malignancy": 4}
         assert a.label == 1 and b.label == 0 and b.columns["malignancy"] == "2"
         assert 12 * 0.7 <= float(a.columns["diameter_mm"]) <= 14 * 0.7
         assert a.patient_id == b.patient_id
@@ -137,8 +149,10 @@ def test_consensus_mask_is_aligned_with_the_series(lidc_like):
 def square(x0: int, y0: int, size: int) -> np.ndarray:
     """Every boundary pixel of a square, in contour order (as LIDC edge maps list them)."""
     side = np.arange(size)
-    return np.concatenate([np.column_stack([x0 + side, np.full(size, y0)]), np.column_stack([np.full(size, x0 + size), y0 + side]),
-                           np.column_stack([x0 + size - side, np.full(size, y0 + size)]), np.column_stack([np.full(size, x0), y0 + size - side])])
+    return np.concatenate([np.column_stack([x0 + side, np.full(size, y0)]),
+                           np.column_stack([np.full(size, x0 + size), y0 + side]),
+                           np.column_stack([x0 + size - side, np.full(size, y0 + size)]),
+                           np.column_stack([np.full(size, x0), y0 + size - side])])
 
 
 def test_half_of_the_readers_decide_the_mask_and_exclusions_are_holes():
@@ -206,7 +220,8 @@ def test_unmatched_series_and_xml_are_reported(lidc_like):
     (root / "xml" / "157" / "002.xml").rename(root / "002.xml")
     (root / "xml" / "157" / "003.xml").write_text(lidc_xml("9.9.9", [[]]))
     report = import_lidc(root / "dicom", root / "xml", root / "m.csv", progress=False)
-    assert report.matched == 1 and len(report.series_without_xml) == 1 and report.xml_without_series[0].startswith("9.9.9")
+    assert report.matched == 1 and len(report.series_without_xml) == 1
+    assert report.xml_without_series[0].startswith("9.9.9")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -229,8 +244,8 @@ def test_cli_user_errors_are_one_line_and_write_nothing(lidc_like, capsys, args,
 
 def test_cli_import_lidc_writes_manifest_and_ratings(lidc_like, capsys):
     root, _ = lidc_like
-    assert main(["import-lidc", "--xml", str(root / "xml"), "--dicom", str(root / "dicom"), "--out", str(root / "m.csv"),
-                 "--masks", str(root / "masks"), "--no-progress"]) == 0
+    assert main(["import-lidc", "--xml", str(root / "xml"), "--dicom", str(root / "dicom"),
+                 "--out", str(root / "m.csv"), "--masks", str(root / "masks"), "--no-progress"]) == 0
     assert "4 nodules (2 malignant, 2 benign, 0 unknown)" in capsys.readouterr().out
     assert all(r.mask.exists() for r in NoduleManifest.read(root / "m.csv"))
     assert main(["import-lidc", "--xml", str(root / "xml"), "--out", str(root / "ratings.csv"), "--no-progress"]) == 0
@@ -253,7 +268,8 @@ def test_real_series_gives_the_big_nodule_at_the_centre_of_the_views(shared_data
     volume = read_volume(record.image)
     assert np.linalg.norm(record.coord - lidc0001_nodule_center(shared_data, volume)) < 3.0
     mask = read_mask(record.mask, reference=volume)
-    seg = read_mask(sorted((shared_data / "lidc-idri-0001").glob("SEG_*"))[0], reference=volume)  # one reader's DICOM SEG
+    # one reader's DICOM SEG
+    seg = read_mask(sorted((shared_data / "lidc-idri-0001").glob("SEG_*"))[0], reference=volume)
     overlap = np.sum((seg.array > 0) & (mask.array > 0))
     assert 2 * overlap / (np.sum(seg.array > 0) + np.sum(mask.array > 0)) > 0.8  # Dice: measured 0.84-0.92 per reader
     cache = ViewCache(tmp_path / "cache")

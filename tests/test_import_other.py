@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from test_io_support import write_ct_series
+from helpers import write_ct_series
 from noduleclip.cli import main
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
@@ -50,7 +50,8 @@ def test_crop_table_becomes_a_manifest_with_labels_from_malignancy(crop_folder, 
     assert manifest[0].columns["series_uid"] == "1.2.3"
     assert next(csv.DictReader(open(folder / "manifest.csv")))["image"] == "images/a.nii.gz"
     import_crops(table, tmp_path / "elsewhere" / "m.csv")  # outside the crop folder: absolute paths
-    assert next(csv.DictReader(open(tmp_path / "elsewhere" / "m.csv")))["image"] == (folder / "images" / "a.nii.gz").as_posix()
+    with open(tmp_path / "elsewhere" / "m.csv", newline="") as handle:
+        assert next(csv.DictReader(handle))["image"] == (folder / "images" / "a.nii.gz").as_posix()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -81,7 +82,7 @@ def test_real_lidc_crops_import(shared_data, tmp_path):
         return (x is None and y is None) or (x is not None and y is not None and x.resolve() == y.resolve())
 
     assert all(np.allclose(a.coord, b.coord, atol=1e-3) and same_file(a.image, b.image) and same_file(a.mask, b.mask)
-               for a, b in zip(manifest, original))
+               for a, b in zip(manifest, original, strict=True))
     assert manifest[0].features == original[0].features
 
 
@@ -95,8 +96,8 @@ def luna_folder(tmp_path):
         ds.PatientID = "PATIENT-2"
         ds.save_as(path)
     header = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "class"]
-    rows = [["1.1.1", -7.2, 23.1, -45.0, 6.5, 1], ["2.2.2", -6.0, 22.0, -44.0, 4.0, 0], ["1.1.1", -5.0, 24.0, -43.0, 3.0, 1],
-            ["3.3.3", 0, 0, 0, 5.0, 1]]
+    rows = [["1.1.1", -7.2, 23.1, -45.0, 6.5, 1], ["2.2.2", -6.0, 22.0, -44.0, 4.0, 0],
+            ["1.1.1", -5.0, 24.0, -43.0, 3.0, 1], ["3.3.3", 0, 0, 0, 5.0, 1]]
     return tmp_path, images, header, rows
 
 

@@ -1,7 +1,6 @@
 """Interrupted and failed work: a failed run restarts on a corrected manifest, a resumed run says what it reuses,
 Ctrl-C and kill -9 of `preprocess` stop its workers, and a re-run removes the temporary files a kill leaves."""
 
-import csv
 import os
 import signal
 import subprocess
@@ -14,28 +13,23 @@ import psutil
 import pytest
 import SimpleITK as sitk
 
+from helpers import BASE, read_rows, write_cohort, write_rows
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
 from noduleclip.preprocess.cache import ViewCache
 from noduleclip.preprocess.pipeline import preprocess_manifest
 from noduleclip.train import TrainConfig, train_run
 from noduleclip.train import loop as loop_module
-from test_train_run import BASE, read_rows, write_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {**BASE, "epochs": 1, "random_init": True}
 
 
-def write_rows(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
+    """A cohort of this module's own, not the session's: the first test rewrites its manifest (a bad image, then
+    the corrected one), and every test here trains runs of its own, since each is about a run being interrupted
+    or failing; 12 patients and one epoch keep those trainings short."""
     return write_cohort(tmp_path_factory.mktemp("interruption") / "data", patients=12)
 
 
@@ -117,6 +111,7 @@ def wait_gone(processes: list[psutil.Process], seconds: float) -> list[psutil.Pr
     return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_preprocess_and_its_workers_at_once(tmp_path):
     manifest, cache = write_scans(tmp_path / "data", 60), tmp_path / "cache"
     process, children = start_preprocess(manifest, cache)
@@ -134,6 +129,7 @@ def test_ctrl_c_stops_preprocess_and_its_workers_at_once(tmp_path):
     assert not wait_gone(children, 2)
 
 
+@pytest.mark.slow
 def test_workers_exit_after_preprocess_is_killed_and_a_rerun_removes_temporary_files(tmp_path):
     manifest, cache = write_scans(tmp_path / "data", 60), tmp_path / "cache"
     process, children = start_preprocess(manifest, cache)

@@ -9,9 +9,9 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from helpers import blob_volume, dicom_positions, write_ct_series, write_nifti_ras, write_non_image_object
 from noduleclip.errors import InputError
 from noduleclip.io import Volume, read_mask, read_volume, write_volume
-from test_io_support import blob_volume, dicom_positions, write_ct_series, write_nifti_ras, write_non_image_object
 
 
 @pytest.fixture
@@ -54,14 +54,16 @@ def test_missing_path_and_empty_folder(tmp_path):
 def test_folder_with_only_sr_and_seg_objects(tmp_path):
     write_non_image_object(tmp_path / "SR_1" / "1-1.dcm", "SR")
     write_non_image_object(tmp_path / "SEG_1" / "1-1.dcm", "SEG")
-    with pytest.raises(InputError, match=r"no CT image series in .* \(found 1 SEG series, 1 SR series\); pass the folder that holds the CT slices"):
+    with pytest.raises(InputError, match=r"no CT image series in .* \(found 1 SEG series, 1 SR series\); "
+                                         r"pass the folder that holds the CT slices"):
         read_volume(tmp_path)
 
 
 def test_several_ct_series_need_a_choice(tmp_path, axial):
     write_ct_series(axial, tmp_path / "a", series_uid="1.2.3.4")
     write_ct_series(Volume(axial.array[:5], axial.origin, axial.spacing), tmp_path / "b", series_uid="1.2.3.5")
-    with pytest.raises(InputError, match=r"holds 2 CT series: 1\.2\.3\.4 \(8 slices\); 1\.2\.3\.5 \(5 slices\); choose one with "
+    with pytest.raises(InputError, match=r"holds 2 CT series: 1\.2\.3\.4 \(8 slices\); 1\.2\.3\.5 \(5 slices\); "
+                       r"choose one with "
                        r"--series-uid UID \(or the manifest's series_uid column\)"):
         read_volume(tmp_path)
     assert read_volume(tmp_path, series_uid="1.2.3.5").array.shape[0] == 5
@@ -105,7 +107,8 @@ def test_inconsistent_slice_spacing(tmp_path, axial):
     write_ct_series(axial, tmp_path)
     last = max(dicom_positions(tmp_path).items(), key=lambda kv: kv[1])[0]
     edit_slice(last, ImagePositionPatient=[-3.5, -4.2, -40.0 + 7 * 2.5 + 1.0])
-    with pytest.raises(InputError, match=r"inconsistent slice spacing: 3\.5 mm between positions -25\.00 and -21\.50 mm"):
+    with pytest.raises(InputError,
+                       match=r"inconsistent slice spacing: 3\.5 mm between positions -25\.00 and -21\.50 mm"):
         read_volume(tmp_path)
 
 
@@ -143,7 +146,8 @@ def test_non_3d_images_and_unsupported_files(tmp_path, axial):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((12, 10), np.int16)), str(tmp_path / "flat.nii"))
     with pytest.raises(InputError, match=r"flat\.nii is a 2-D image"):
         read_volume(tmp_path / "flat.nii")
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 4, 5, 6), np.int16), isVector=False), str(tmp_path / "series.nii"))
+    four_d = sitk.GetImageFromArray(np.zeros((3, 4, 5, 6), np.int16), isVector=False)
+    sitk.WriteImage(four_d, str(tmp_path / "series.nii"))
     with pytest.raises(InputError, match=r"series\.nii is a 4-D image"):
         read_volume(tmp_path / "series.nii")
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((1, 12, 10), np.int16)), str(tmp_path / "slab.mha"))
@@ -169,7 +173,8 @@ def test_sheared_nifti_and_multi_frame_ct_are_refused(tmp_path, axial):
     for path in paths[1:]:
         path.unlink()
     edit_slice(paths[0], SOPClassUID="1.2.840.10008.5.1.4.1.1.2.1", NumberOfFrames=8)
-    with pytest.raises(InputError, match=r"found 1 CT multi-frame series\); enhanced \(multi-frame\) CT is not supported"):
+    with pytest.raises(InputError,
+                       match=r"found 1 CT multi-frame series\); enhanced \(multi-frame\) CT is not supported"):
         read_volume(tmp_path / "enhanced")
 
 

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from helpers import blob_centroid, blob_volume, write_ct_series, write_nifti_ras, write_nrrd_ras
 from noduleclip.errors import InputError
 from noduleclip.io import Volume, check_looks_like_ct, looks_like_ct, read_mask, read_volume, same_grid, write_volume
-from test_io_support import blob_centroid, blob_volume, write_ct_series, write_nifti_ras, write_nrrd_ras
 
 WRITERS = {
-    "dicom": lambda v, d: write_ct_series(v, d / "series", slopes=(1.0, 0.5, 2.0), intercepts=(-1024.0, -1000.0)) and d / "series",
+    "dicom": lambda v, d: write_ct_series(v, d / "series", slopes=(1.0, 0.5, 2.0),
+                                          intercepts=(-1024.0, -1000.0)) and d / "series",
     "nifti-ras-by-hand": lambda v, d: write_nifti_ras(v, d / "scan.nii"),
     "nrrd-ras-by-hand": lambda v, d: write_nrrd_ras(v, d / "scan.nrrd"),
     "nii.gz": lambda v, d: write_volume(v, d / "scan.nii.gz"),
@@ -72,7 +73,8 @@ def test_world_index_conversion_matches_simpleitk_with_a_rotated_direction():
         expected = image.TransformPhysicalPointToContinuousIndex(tuple(world))
         assert np.allclose(volume.world_to_index(world), expected, atol=1e-9)
     index = rng.uniform(0, 12, size=3)
-    assert np.allclose(volume.index_to_world(index), image.TransformContinuousIndexToPhysicalPoint(tuple(index)), atol=1e-9)
+    by_itk = image.TransformContinuousIndexToPhysicalPoint(tuple(index))
+    assert np.allclose(volume.index_to_world(index), by_itk, atol=1e-9)
 
 
 def test_write_volume_is_atomic_and_rejects_unknown_formats(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from noduleclip.errors import InputError
-from noduleclip.evaluate.metrics import (
+from noduleclip.metrics.classification import (
     bootstrap_auroc_auprc,
     calibration_curve,
     classification_metrics,
@@ -50,7 +50,7 @@ def test_auroc_and_auprc_on_the_worked_example_by_hand():
     # average precision: each distinct threshold adds (recall gained) x (precision there)
     steps = [(1, 1), (1, 2), (1, 4), (1, 5), (1, 6), (1, 8), (1, 9), (1, 12), (1, 15), (1, 16)]
     hits = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
-    ap = sum(Fraction(gain, 10) * Fraction(tp, called) for (gain, called), tp in zip(steps, hits))
+    ap = sum(Fraction(gain, 10) * Fraction(tp, called) for (gain, called), tp in zip(steps, hits, strict=True))
     assert m["auprc"] == pytest.approx(float(ap), abs=1e-12)
 
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from noduleclip.errors import InputError
-from noduleclip.model import (NoduleClipLoss, ViewTransform, character_tokenizer, create_model, load_model,
-                              save_model)
+from noduleclip.model import NoduleClipLoss, ViewTransform, character_tokenizer, create_model, load_model, save_model
 
 TEXTS = ["This nodule margin is poorly defined.", "There is calcification.", "No findings.", "Lobulation is marked."]
 
@@ -91,7 +90,7 @@ def test_view_transform_resizes_and_normalises_a_grey_plane_into_three_channels(
     transform = ViewTransform(112, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     pixels = transform(torch.full((2, 9, 50, 50), 0.25))
     assert pixels.shape == (18, 3, 112, 112)
-    expected = torch.tensor([(0.25 - m) / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    expected = torch.tensor([(0.25 - m) / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), strict=True)])
     assert torch.allclose(pixels[0, :, 50, 50], expected, atol=1e-5)
 
 
@@ -164,7 +163,9 @@ def test_predict_gives_the_image_head_probability_and_restores_training_mode(vie
 def test_zero_shot_scores_nodules_against_prompts_and_refreshes_its_cache_after_training(views, labels):
     model = create_model("tiny")
     embeds = model.predict(views).image_embeds
-    logits = model.zero_shot_logits(embeds, TEXTS)
+    prompt_embeds = model.prompt_embeddings(TEXTS)
+    with torch.inference_mode():
+        logits = model.scale() * embeds @ prompt_embeds.t()
     model.eval()
     with torch.no_grad():
         expected = model.scale() * embeds @ model.encode_text(TEXTS).t()
@@ -173,6 +174,32 @@ def test_zero_shot_scores_nodules_against_prompts_and_refreshes_its_cache_after_
     cached = model.prompt_embeddings(TEXTS)
     train_one_step(model, views, labels)
     assert not torch.allclose(model.prompt_embeddings(TEXTS), cached)
+
+
+def test_the_model_leaves_its_configuration_alone_and_create_model_resolves_it():
+    from noduleclip.model.backbones import get_backbone
+    from noduleclip.model.model import ModelConfig, NoduleClipModel, create_model_from_config, resolve_config
+    from noduleclip.model.towers import build_towers, tower_fingerprint
+
+    config = ModelConfig(backbone="tiny", tower_seed=3)
+    before = config.to_dict()
+    resolved = resolve_config(config)
+    assert config.to_dict() == before and resolved is not config
+    assert resolved.image_size == 28 and resolved.random_init is True
+    towers = build_towers(get_backbone("tiny"), resolved.image_size, random_init=True, seed=3)
+    fingerprint = tower_fingerprint(towers.vision, towers.text)
+    given = resolved.to_dict()
+    model = NoduleClipModel(resolved, towers)
+    assert resolved.to_dict() == given and model.config.tower_fingerprint == ""  # __init__ fills nothing in
+
+    created = create_model_from_config(config)
+    assert config.to_dict() == before
+    assert created.config.image_size == 28 and created.config.random_init is True
+    assert created.config.tokenizer == "character-wordpiece" and created.config.weights_source.startswith("RANDOM")
+    assert created.config.tower_fingerprint == fingerprint  # the towers before LoRA, rebuilt from their seed
+    assert create_model("tiny", tower_seed=3).config.to_dict() == created.config.to_dict()
+    with pytest.raises(InputError, match="resolve"):
+        NoduleClipModel(config, towers)  # an unresolved configuration (no image size) is refused, not filled in
 
 
 def test_logit_scale_is_clamped_at_100():
@@ -208,7 +235,8 @@ def test_clip_towers_load_from_a_hugging_face_folder(tmp_path, views):
     from transformers import CLIPConfig, CLIPModel
 
     tokenizer = character_tokenizer()
-    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+               eos_token_id=tokenizer.sep_token_id)
     config = CLIPConfig(
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                          vocab_size=len(tokenizer), max_position_embeddings=77, projection_dim=16, **ids),
@@ -240,7 +268,8 @@ def test_frozen_image_blocks_computed_once_give_the_same_embeddings(views, tunin
 
     model = create_model("tiny", tuning, lora=LoraSettings(image_blocks=image_blocks))
     assert model.frozen_image_blocks == frozen
-    adapted = {name.split(".layer.")[1].split(".")[0] for name, _ in model.vision.named_parameters() if "lora_A" in name}
+    adapted = {name.split(".layer.")[1].split(".")[0] for name, _ in model.vision.named_parameters()
+               if "lora_A" in name}
     assert adapted == ({"1"} if image_blocks == 1 else {"0", "1"} if tuning == "lora" else set())
     train_one_step(model, views, torch.tensor([1, 0, 1, 0]))  # adapters away from zero, so the prefix matters
     model.eval()

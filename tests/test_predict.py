@@ -1,7 +1,8 @@
 """`noduleclip predict` and `NoduleClip`: the same numbers from the CLI and the API, calibration, the ways to give
 nodules, the panel, the DICOM SR round trip, every bad input (one sentence, exit 2, nothing in --out), real LIDC data.
 
-One tiny run (the `tiny` backbone, two folds, two epochs on a synthetic cohort) is trained once for the session."""
+The run is the session's tiny run (conftest.py `tiny_run`: the `tiny` backbone, two folds, two epochs on the
+synthetic cohort of helpers.write_cohort), read only: a test that changes a run works on `copy_run`."""
 
 import csv
 import json
@@ -15,18 +16,16 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from conftest import lidc0001_nodule_center
+from helpers import BASE, lidc0001_nodule_center, write_ct_series
 from noduleclip.cli import main as cli_main
 from noduleclip.errors import InputError
 from noduleclip.io import read_volume, write_volume
+from noduleclip.metrics.calibration import CALIBRATOR_FILE, Calibrator
 from noduleclip.predict import NoduleClip
-from noduleclip.predict.calibrate import CALIBRATOR_FILE, Calibrator
 from noduleclip.predict.panel import PANEL_SIZE_PX, draw_panel
 from noduleclip.predict.sites import locate_nodules
 from noduleclip.preprocess.views import PLANE_NAMES, sample_planes
 from noduleclip.train import TrainConfig, train_run
-from test_io_support import write_ct_series
-from test_train_run import BASE, write_cohort
 
 # p00 of the synthetic cohort: 32^3 voxels of 2 mm from (-32, -32, -32); nodules at these LPS centres.
 NODULE_A, NODULE_B = (-8.0, -8.0, 0.0), (12.0, 8.0, 0.0)
@@ -38,13 +37,13 @@ def copy_run(run: Path, to: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_cohort, tiny_run, tmp_path_factory):
+    """The session's tiny run; p00 of its cohort as NIfTI and, written here, as a DICOM series; `root` for outputs."""
     root = tmp_path_factory.mktemp("predict")
-    manifest = write_cohort(root / "data")
-    train_run(manifest, root / "run", TrainConfig(**BASE))
-    image = root / "data" / "p00.nii.gz"
+    image = tiny_cohort.data / "p00.nii.gz"
     write_ct_series(read_volume(image), root / "dicom")
-    return SimpleNamespace(root=root, run=root / "run", nifti=image, dicom=root / "dicom")
+    return SimpleNamespace(root=root, run=tiny_run.run, nifti=image, dicom=root / "dicom",
+                           manifest=tiny_cohort.manifest, cache=tiny_cohort.cache)
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +70,11 @@ def test_cli_and_api_give_identical_predictions(trained, cli_output, model):
     document = json.loads((cli_output / "predictions.json").read_text())
     api = model.predict(trained.dicom, coords=[NODULE_A, NODULE_B])
     assert [n["nodule_id"] for n in document["nodules"]] == ["n1", "n2"]
-    for ours, written in zip(api, document["nodules"]):
+    for ours, written in zip(api, document["nodules"], strict=True):
         assert {k: v for k, v in written.items() if k != "panel"} == ours.to_dict()
     rows = read_csv(cli_output / "predictions.csv")
     assert [r["nodule_id"] for r in rows] == ["n1", "n2"]
-    for row, ours in zip(rows, api):
+    for row, ours in zip(rows, api, strict=True):
         assert [float(row["fold_0"]), float(row["fold_1"])] == ours.fold_risks
         assert float(row["risk"]) == ours.risk and row["margins"] == ours.semantics["margins"][0]
         assert float(row["margins_probability"]) == ours.semantics["margins"][1]
@@ -86,9 +85,9 @@ def test_several_coordinates_are_cut_from_one_read_at_their_own_centres(trained,
     nodules = model.predict(trained.nifti, coords=[NODULE_A, NODULE_B])
     volume = read_volume(trained.nifti)
     assert [n.nodule_id for n in nodules] == ["n1", "n2"]
-    for nodule, centre in zip(nodules, (NODULE_A, NODULE_B)):
+    for nodule, centre in zip(nodules, (NODULE_A, NODULE_B), strict=True):
         assert nodule.center_lps == centre
-        assert np.array_equal(nodule.views, sample_planes(volume, centre, model.config.views))
+        assert np.array_equal(nodule.views, sample_planes(volume, centre, model.views))
         assert list(nodule.view_attention) == list(PLANE_NAMES)
         assert sum(nodule.view_attention.values()) == pytest.approx(1.0)
         assert nodule.risk_uncalibrated == pytest.approx(np.mean(nodule.fold_risks), abs=1e-15)
@@ -103,12 +102,13 @@ def test_several_coordinates_are_cut_from_one_read_at_their_own_centres(trained,
 def test_semantic_profile_is_the_fold_average_of_zero_shot_with_the_paper_prompts(trained, model):
     import torch
 
+    from noduleclip.model import load_model
     from noduleclip.semantics import build_prompts
 
     nodule = model.predict(trained.nifti, coords=[NODULE_A])[0]
-    prompts, network, expected = build_prompts("paper"), model.ensemble.model, []
-    for state in model.ensemble.states:
-        network.load_state_dict(state, strict=False)
+    prompts, expected = build_prompts("paper"), []
+    for k in range(model.ensemble.folds):  # each fold model loaded on its own, apart from the ensemble's network
+        network = load_model(trained.run / f"fold_{k}" / "best")
         with torch.inference_mode():
             image = network.predict(torch.from_numpy(nodule.views[None])).image_embeds
             similarity = image @ network.encode_text(prompts.texts).t()
@@ -124,7 +124,7 @@ def test_calibrated_and_uncalibrated_risk(trained, model, tmp_path):
     bare = copy_run(trained.run, tmp_path / "bare")
     (bare / CALIBRATOR_FILE).unlink()
     raw = NoduleClip.load(bare).predict(trained.nifti, coords=[NODULE_A, NODULE_B])
-    for c, r in zip(calibrated, raw):
+    for c, r in zip(calibrated, raw, strict=True):
         assert c.calibration == "platt" and r.calibration is None
         assert r.risk == r.risk_uncalibrated == c.risk_uncalibrated
         assert c.risk == pytest.approx(float(calibrator.apply(c.risk_uncalibrated)), abs=1e-15)
@@ -206,7 +206,7 @@ def test_dicom_sr_round_trip(trained, cli_output):
     assert evidence.SeriesInstanceUID == source.SeriesInstanceUID
     assert {r.ReferencedSOPInstanceUID for r in evidence.ReferencedSOPSequence} <= series_sops
     assert len(groups) == 2
-    for group, nodule in zip(groups, document["nodules"]):
+    for group, nodule in zip(groups, document["nodules"], strict=True):
         assert group.tracking_identifier == f"Nodule {nodule['nodule_id']}"
         risk = group.get_measurements(name=codes.DCM.ProbabilityOfCancer)[0]
         assert risk.value == pytest.approx(nodule["risk"], rel=1e-9) and risk.method.value == "CAL-PLATT"
@@ -248,7 +248,8 @@ def not_ct(tmp_path: Path) -> Path:
 BAD_INPUTS = {
     "outside the scan": (None, ["--coord", "20,20,20", "IMAGE=shifted"],
                          ["lies outside the scan", "x -100.0..-38.0", "look like voxel indices"]),
-    "run without config.json": ("no-config", ["--coord", "-8,-8,0"], ["is incomplete", "config.json is missing"]),
+    "run without config.json": ("no-config", ["--coord", "-8,-8,0"],
+                                ["not a noduleclip run folder", "config.json is missing"]),
     "run without fold weights": ("no-weights", ["--coord", "-8,-8,0"], ["fold_1/best/model.safetensors is missing"]),
     "run of another version": ("version", ["--coord", "-8,-8,0"], ["run format version 99", "reads version 1"]),
     "not a CT": (None, ["--coord", "0,0,0", "IMAGE=photo"], ["does not look like CT"]),
@@ -300,12 +301,13 @@ def test_nodules_must_be_given_exactly_one_way(trained):
 
 def test_vision_only_run_has_no_semantic_profile(trained, tmp_path):
     run = tmp_path / "vision-only"
-    train_run(trained.root / "data" / "manifest.csv", run,
-              TrainConfig(**{**BASE, "tuning": "vision-only", "epochs": 1, "cache": str(trained.run / "cache")}))
+    # a run of its own: vision-only has no text tower, which is what this test is about
+    train_run(trained.manifest, run, TrainConfig(**{**BASE, "tuning": "vision-only", "epochs": 1,
+                                                    "cache": str(trained.cache)}))
     nodule = NoduleClip.load(run).predict(trained.nifti, coords=[NODULE_A])[0]
     assert nodule.semantics == {} and nodule.semantic_distribution == {}
     assert any("vision-only" in note for note in nodule.notes)
-    assert 0 < nodule.risk < 1 and len(nodule.fold_risks) == 2
+    assert len(nodule.fold_risks) == 2 and nodule.risk_uncalibrated == pytest.approx(np.mean(nodule.fold_risks))
     assert png_size(draw_panel(nodule, tmp_path / "panel.png")) == PANEL_SIZE_PX
 
 
@@ -345,6 +347,7 @@ def test_real_lidc_0001_nodule_centre_and_sr_references(shared_data, trained, tm
         assert ours.ContentTemplateSequence[0].TemplateIdentifier == "1500"
         assert ours.ConceptNameCodeSequence[0].CodeValue == "126000"
     top = {i.ConceptNameCodeSequence[0].CodeMeaning for i in report.ContentSequence}
-    assert {i.ConceptNameCodeSequence[0].CodeMeaning for i in reference.ContentSequence} - top <= {"Person Observer Name"}
+    theirs = {i.ConceptNameCodeSequence[0].CodeMeaning for i in reference.ContentSequence}
+    assert theirs - top <= {"Person Observer Name"}
     group_names = {i.ConceptNameCodeSequence[0].CodeMeaning for i in groups[0][0].ContentSequence}
     assert {"Tracking Identifier", "Tracking Unique Identifier", "Finding", "Finding Site"} <= group_names

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from noduleclip.errors import InputError
-from noduleclip.predict.calibrate import (CALIBRATOR_FILE, Calibrator, brier_score, calibrate_run, fit_calibrator,
-                                          load_calibrator)
+from noduleclip.metrics.calibration import CALIBRATOR_FILE, Calibrator, calibrate_run, fit_calibrator, load_calibrator
+from noduleclip.metrics.classification import brier_score
 
 
 def miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -25,7 +25,7 @@ def test_calibration_improves_brier_score_on_held_out_cases(n, method, named):
     calibrator = fit_calibrator(scores, labels)
     assert calibrator.method == method and calibrator.fitted
     assert f"{n} labelled out-of-fold cases" in calibrator.reason and named in calibrator.reason
-    before, after = brier_score(held_scores, held_labels), brier_score(calibrator.apply(held_scores), held_labels)
+    before, after = brier_score(held_labels, held_scores), brier_score(held_labels, calibrator.apply(held_scores))
     assert after < before - 0.01, (before, after)
 
 
@@ -79,7 +79,7 @@ def test_calibrate_run_reads_val_predictions_and_writes_calibrator_json(tmp_path
     with open(tmp_path / "val_predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["fold", "patient_id", "nodule_id", "label", "probability"])
-        for i, (s, y) in enumerate(zip(scores, labels)):
+        for i, (s, y) in enumerate(zip(scores, labels, strict=True)):
             writer.writerow([i % 5, f"P{i}", f"N{i}", "" if i == 0 else int(y), repr(float(s))])
     assert load_calibrator(tmp_path) is None
     calibrator = calibrate_run(tmp_path)

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import add_sphere, lidc0001_nodule_center, make_volume
-from test_io_support import write_ct_series, write_nifti_ras, write_nrrd_ras
+from helpers import add_sphere, lidc0001_nodule_center, make_volume, write_ct_series, write_nifti_ras, write_nrrd_ras
 from noduleclip.cli import main
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
@@ -33,8 +32,8 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
 
 def test_cache_skips_done_nodules_and_recomputes_changed_rows(tmp_path):
     _, image, centers = scan_with_nodules(tmp_path)
-    rows = [dict(patient_id="p1", nodule_id=f"n{i}", image=image.name, coord_x=c[0], coord_y=c[1], coord_z=c[2], label=i % 2)
-            for i, c in enumerate(centers)]
+    rows = [dict(patient_id="p1", nodule_id=f"n{i}", image=image.name, coord_x=c[0], coord_y=c[1], coord_z=c[2],
+                 label=i % 2) for i, c in enumerate(centers)]
     manifest_path = write_manifest(tmp_path / "m.csv", rows)
     cache = ViewCache(tmp_path / "cache")
     first = preprocess_manifest(NoduleManifest.read(manifest_path), cache, progress=False)
@@ -59,7 +58,8 @@ def test_cache_refuses_other_view_settings(tmp_path):
 def test_a_failed_nodule_is_reported_and_the_rest_complete(tmp_path):
     volume, image, centers = scan_with_nodules(tmp_path)
     rows = [
-        dict(patient_id="p1", nodule_id="good", image=image.name, coord_x=centers[0][0], coord_y=centers[0][1], coord_z=centers[0][2]),
+        dict(patient_id="p1", nodule_id="good", image=image.name, coord_x=centers[0][0], coord_y=centers[0][1],
+             coord_z=centers[0][2]),
         dict(patient_id="p1", nodule_id="far", image=image.name, coord_x=900, coord_y=0, coord_z=0),
         dict(patient_id="p2", nodule_id="nofile", image="missing.nii.gz", coord_x=0, coord_y=0, coord_z=0),
     ]
@@ -88,7 +88,8 @@ def test_centre_from_mask_and_from_a_crop(tmp_path):
     mask[volume.array >= 500] = 1
     from noduleclip.io.volume import Volume
 
-    write_volume(Volume(mask.astype(np.uint8), volume.origin, volume.spacing, volume.direction), tmp_path / "mask.nii.gz")
+    write_volume(Volume(mask.astype(np.uint8), volume.origin, volume.spacing, volume.direction),
+                 tmp_path / "mask.nii.gz")
     rows = [dict(patient_id="p1", nodule_id="bymask", image=image.name, mask="mask.nii.gz"),
             dict(patient_id="p1", nodule_id="bycrop", image=image.name)]
     cache = ViewCache(tmp_path / "cache")
@@ -116,7 +117,8 @@ def test_sphere_lands_at_the_centre_in_every_file_format(tmp_path):
 
 def test_cli_preprocess_and_views(tmp_path, capsys):
     _, image, centers = scan_with_nodules(tmp_path)
-    rows = [dict(patient_id="p1", nodule_id="n0", image=image.name, coord_x=centers[0][0], coord_y=centers[0][1], coord_z=centers[0][2]),
+    rows = [dict(patient_id="p1", nodule_id="n0", image=image.name, coord_x=centers[0][0], coord_y=centers[0][1],
+                 coord_z=centers[0][2]),
             dict(patient_id="p1", nodule_id="bad", image=image.name, coord_x=-900, coord_y=0, coord_z=0)]
     manifest = write_manifest(tmp_path / "m.csv", rows)
     assert main(["preprocess", str(manifest), "--out", str(tmp_path / "cache"), "--workers", "1"]) == 1

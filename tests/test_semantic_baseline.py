@@ -95,7 +95,7 @@ def test_malignancy_is_never_a_feature():
 
 def test_cv_table_groups_patients_and_reports_fold_spread():
     rows, labels, groups = lidc_rows(120, seed=1)
-    for row, label in zip(rows, labels):  # spiculation now carries the label (with noise)
+    for row, label in zip(rows, labels, strict=True):  # spiculation now carries the label (with noise)
         row["spiculation"] = int(np.clip(row["spiculation"] + (2 if label else -2), 1, 5))
     labels[5] = None  # an unknown label is left out of training and metrics
     table = semantic_cv_table(rows, labels, groups, folds=5, seed=3)

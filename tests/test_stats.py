@@ -16,8 +16,8 @@ import pytest
 from scipy import stats
 
 from noduleclip.errors import InputError
-from noduleclip.evaluate.metrics import bootstrap_auroc_auprc
 from noduleclip.evaluate.stats import delong_covariance, delong_test, friedman_nemenyi, wilcoxon
+from noduleclip.metrics.classification import bootstrap_auroc_auprc
 
 # pROC's aSAH: one "outcome,wfns,s100b,ndka" per patient, G = Good (0), P = Poor (1), in pROC's row order.
 ASAH = """

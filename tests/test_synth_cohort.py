@@ -100,7 +100,7 @@ def test_each_nodule_coordinate_lies_in_its_rendered_nodule(cohort):
     for record in manifest:
         image = read_series(record.image)
         i, j, k = image.TransformPhysicalPointToContinuousIndex(tuple(record.coord))
-        assert all(0 <= v <= n - 1 for v, n in zip((i, j, k), image.GetSize()))
+        assert all(0 <= v <= n - 1 for v, n in zip((i, j, k), image.GetSize(), strict=True))
         if plain_solid(record):
             assert hu_at(image, record.coord) > -450, record.where
             checked += 1
@@ -180,7 +180,8 @@ def test_existing_file_or_non_empty_folder_is_refused(tmp_path):
 
 
 def test_cli_writes_a_cohort_and_reports_bad_input_in_one_line(tmp_path, capsys):
-    assert cli_main(["synth", "--out", str(tmp_path / "c"), "--patients", "1", "--preset", "tiny", "--no-progress"]) == 0
+    assert cli_main(["synth", "--out", str(tmp_path / "c"), "--patients", "1", "--preset", "tiny",
+                     "--no-progress"]) == 0
     assert "wrote 1 patients" in capsys.readouterr().out
     assert (tmp_path / "c" / "manifest.csv").exists()
     assert cli_main(["synth", "--out", str(tmp_path / "d"), "--patients", "-2"]) == 2

@@ -14,7 +14,8 @@ from noduleclip.synth.phantom import nodule_phantom
 from noduleclip.synth.risk import calibrate_intercept, feature_logit, malignancy_risk
 
 LUNG = Tissue().lung
-BASE = NoduleFeatures(long_diameter_mm=16.0, short_diameter_mm=13.0, consistency="solid", margins="smooth", shape="ovoid")
+BASE = NoduleFeatures(long_diameter_mm=16.0, short_diameter_mm=13.0, consistency="solid", margins="smooth",
+                      shape="ovoid")
 
 
 def nodule(seed: int = 0, chest_wall: bool | None = None, **changes):
@@ -70,7 +71,8 @@ def test_ill_defined_margin_blurs_the_edge():
         profile = array[array.shape[0] // 2, array.shape[1] // 2]
         return int(((profile > LUNG + 100) & (profile < -100)).sum())
 
-    assert edge_width(nodule(2, margins="ill-defined", margin_conspicuity="poorly marginated")[0]) > edge_width(nodule(2)[0]) + 2
+    ill_defined = nodule(2, margins="ill-defined", margin_conspicuity="poorly marginated")[0]
+    assert edge_width(ill_defined) > edge_width(nodule(2)[0]) + 2
 
 
 def test_internal_findings_show_as_air_or_calcium():
@@ -130,7 +132,8 @@ def test_risk_rises_with_size_and_suspicious_features_and_falls_with_calcificati
     assert malignancy_risk(big_spiculated, b) > 0.8 > 0.05 > malignancy_risk(small_smooth, b)
     sizes = [malignancy_risk(dataclasses.replace(BASE, long_diameter_mm=d), b) for d in (6, 10, 15, 25)]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
-    for change in (dict(consistency="part-solid"), dict(pleural_retraction="obvious dimpling"), dict(vascular_convergence=True)):
+    for change in (dict(consistency="part-solid"), dict(pleural_retraction="obvious dimpling"),
+                   dict(vascular_convergence=True)):
         assert feature_logit(dataclasses.replace(BASE, **change)) > feature_logit(BASE), change
     assert feature_logit(dataclasses.replace(BASE, eccentric_calcification=True)) < feature_logit(BASE) - 1.0
 

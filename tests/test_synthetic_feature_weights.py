@@ -55,7 +55,8 @@ def test_a_manifest_without_features_is_refused_in_one_sentence(tmp_path, capsys
     pd.DataFrame({"fold": [0, 0], "patient_id": ["p", "q"], "nodule_id": ["a", "b"], "label": [0, 1],
                   "probability": [0.2, 0.7]}).to_csv(run / "val_predictions.csv", index=False)
     manifest = tmp_path / "manifest.csv"
-    pd.DataFrame({"patient_id": ["p", "q"], "nodule_id": ["a", "b"], "long_diameter_mm": [5, 9]}).to_csv(manifest, index=False)
+    table = pd.DataFrame({"patient_id": ["p", "q"], "nodule_id": ["a", "b"], "long_diameter_mm": [5, 9]})
+    table.to_csv(manifest, index=False)
     assert weights_script.main([str(run), str(manifest)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "synthetic cohort" in err and "margins" in err

@@ -13,8 +13,14 @@ from noduleclip.data.manifest import NoduleRecord
 from noduleclip.errors import InputError
 from noduleclip.model import NoduleClipLoss, create_model
 from noduleclip.train.config import TrainConfig
-from noduleclip.train.dataset import (EpochBatches, NoduleDataset, augmented_variants, class_weights, dihedral_views,
-                                      semantic_weights)
+from noduleclip.train.dataset import (
+    EpochBatches,
+    NoduleDataset,
+    augmented_variants,
+    class_weights,
+    dihedral_views,
+    semantic_weights,
+)
 from noduleclip.train.resume import RunLog, load_resume_state, save_resume_state
 
 
@@ -149,7 +155,7 @@ def test_fixed_variants_start_with_the_views_and_an_epoch_reads_one_of_them():
     variants = augmented_variants(views, 4, seed=5)
     assert len(variants) == 4 and torch.equal(variants[0], views)
     assert all(not torch.equal(v, views) for v in variants[1:])
-    assert all(torch.equal(a, b) for a, b in zip(variants, augmented_variants(views, 4, seed=5)))
+    assert all(torch.equal(a, b) for a, b in zip(variants, augmented_variants(views, 4, seed=5), strict=True))
     stacked = torch.stack(variants, 1)  # (N, K, 9, S, S), as the frozen blocks' outputs are held
     data = NoduleDataset(stacked, [_record(r, 0) for r in range(3)], augment_text=False, variants=True)
     chosen = set()

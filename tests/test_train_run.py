@@ -12,83 +12,41 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-from noduleclip import __version__
+from helpers import BASE, REPO, assert_same_results, cli_args, comparable_log, read_log, read_rows
 from noduleclip.cli import main as cli_main
+from noduleclip.ensemble import RunEnsemble
 from noduleclip.errors import InputError
-from noduleclip.evaluate.metrics import patient_level
+from noduleclip.model import load_model
 from noduleclip.preprocess.cache import ViewCache
-from noduleclip.train import SplitPlan, TrainConfig, ensemble_predict, load_run, train_run
-from noduleclip.train.cv import fold_predictions
+from noduleclip.train import SplitPlan, TrainConfig, train_run
 from noduleclip.train import loop as loop_module
-
-REPO = Path(__file__).resolve().parents[1]
-BASE = dict(backbone="tiny", folds=2, test_fraction=0.25, epochs=2, batch_size=4, bootstrap=50, threads=1,
-            workers=0, progress=False)
+from noduleclip.version import __version__
 
 
-def write_cohort(root: Path, patients: int = 16, seed: int = 0) -> Path:
-    """Small CT-like volumes (32^3 at 2 mm) with one or two spheres each; malignant ones larger and denser."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    k, j, i = np.indices((32, 32, 32))
-    rows = []
-    for p in range(patients):
-        volume = rng.normal(-800, 40, (32, 32, 32))
-        for n, centre in enumerate([(16, 12, 12), (16, 20, 22)][: 1 + (p % 3 == 0)]):
-            malignant = p % 2 == 0 and n == 0
-            radius = (4.0 if malignant else 2.0) + rng.uniform(-0.5, 0.5)
-            volume[(k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2 <= radius ** 2] = \
-                40 if malignant else -350
-            rows.append(dict(
-                patient_id=f"P{p:02d}", nodule_id=f"P{p:02d}-{n}", image=f"p{p:02d}.nii.gz",
-                coord_x=-32 + 2 * centre[2], coord_y=-32 + 2 * centre[1], coord_z=-32 + 2 * centre[0],
-                label="" if (p, n) == (5, 0) else int(malignant),
-                margins="spiculated" if malignant or rng.random() < 0.2 else "smooth",
-                consistency=rng.choice(["solid", "pure ground glass"]),
-                pleural_attachment="" if rng.random() < 0.3 else rng.choice(["present", "absent"]),
-                long_diameter_mm=round(4 * radius, 1), split="test" if p == 7 else ""))
-        image = sitk.GetImageFromArray(volume.astype(np.int16))
-        image.SetSpacing((2.0, 2.0, 2.0))
-        image.SetOrigin((-32.0, -32.0, -32.0))
-        sitk.WriteImage(image, str(root / f"p{p:02d}.nii.gz"))
-    with open(root / "manifest.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root / "manifest.csv"
+@pytest.fixture
+def cohort(tiny_cohort):
+    """(manifest, view cache) of the session's tiny cohort (conftest.py); every run here shares the cache."""
+    return tiny_cohort.manifest, tiny_cohort.cache
 
 
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    return write_cohort(root / "data"), root / "cache"
+@pytest.fixture
+def reference(tiny_run):
+    """The session's uninterrupted tiny run with BASE (conftest.py), read only. The tests below that train again
+    with BASE do so on purpose: the same settings must give exactly its results (after a resume, a kill -9)."""
+    return tiny_run
 
 
-@pytest.fixture(scope="module")
-def reference(cohort, tmp_path_factory):
-    """One uninterrupted run (it also fills the view cache the other runs share)."""
-    manifest, cache = cohort
-    run = tmp_path_factory.mktemp("reference") / "run"
-    return train_run(manifest, run, TrainConfig(**BASE, cache=str(cache)))
-
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def comparable_log(run: Path) -> list[dict]:
-    entries = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in e.items() if k != "seconds"} for e in entries]
-
-
-def assert_same_results(run: Path, other: Path) -> None:
-    for name in ("splits.csv", "predictions.csv", "val_predictions.csv", "patient_predictions.csv", "metrics.json"):
-        assert (run / name).read_text() == (other / name).read_text(), name
-    assert comparable_log(run) == comparable_log(other)
+def operating_point(labels: np.ndarray, risk: np.ndarray, recall: float) -> dict:
+    """FPR and precision at the highest risk threshold whose recall reaches `recall`, by counting."""
+    for threshold in sorted(set(risk), reverse=True):
+        called = risk >= threshold
+        tp, fp = int((called & (labels == 1)).sum()), int((called & (labels == 0)).sum())
+        if tp >= recall * (labels == 1).sum() - 1e-9:
+            return {"recall": tp / (labels == 1).sum(), "fpr": fp / (labels == 0).sum(), "precision": tp / (tp + fp)}
+    raise AssertionError("no threshold reaches the recall")
 
 
 def test_run_folder_splits_predictions_and_metrics(reference, cohort):
@@ -115,7 +73,6 @@ def test_run_folder_splits_predictions_and_metrics(reference, cohort):
     assert [r["nodule_id"] for r in predictions] == test_ids and len({side[r["patient_id"]] for r in predictions}) == 1
     for r in predictions:
         assert float(r["ensemble"]) == pytest.approx((float(r["fold_0"]) + float(r["fold_1"])) / 2, abs=1e-12)
-        assert 0 < float(r["ensemble"]) < 1
     val = read_rows(run / "val_predictions.csv")
     fold_of = {r.nodule_id: r.fold for r in plan.rows}
     assert sorted(r["nodule_id"] for r in val) == sorted(n for n, f in fold_of.items() if f >= 0)
@@ -123,31 +80,68 @@ def test_run_folder_splits_predictions_and_metrics(reference, cohort):
 
     metrics = reference.metrics
     assert metrics == json.loads((run / "metrics.json").read_text())
-    for level, unit_count in (("nodule", len(test_ids)), ("patient", len({r["patient_id"] for r in predictions}))):
+    # every number recomputed with sklearn from the predictions the run wrote: nodules from predictions.csv,
+    # patients (a patient's risk is the max over its nodules) from patient_predictions.csv, checked by hand first
+    patients = read_rows(run / "patient_predictions.csv")
+    grouped: dict[str, list[dict]] = {}
+    for r in predictions:
+        grouped.setdefault(r["patient_id"], []).append(r)
+    assert [r["patient_id"] for r in patients] == list(grouped)
+    for row in patients:
+        assert float(row["risk"]) == max(float(r["ensemble"]) for r in grouped[row["patient_id"]])
+        known = [int(r["label"]) for r in grouped[row["patient_id"]] if r["label"] != ""]
+        assert row["label"] == (str(max(known)) if known else "")
+    for level, rows, score in (("nodule", predictions, "ensemble"), ("patient", patients, "risk")):
         m = metrics["test"][level]
-        assert m["n"] + m["n_unknown"] == unit_count
-        assert 0 <= m["auroc_ci"][0] <= m["auroc"] <= m["auroc_ci"][1] <= 1
-        assert 0 <= m["auprc_ci"][0] <= m["auprc"] <= m["auprc_ci"][1] <= 1
+        labelled = [r for r in rows if r["label"] != ""]
+        labels = np.array([int(r["label"]) for r in labelled])
+        risk = np.array([float(r[score]) for r in labelled])
+        assert (m["n"], m["n_pos"], m["n_unknown"]) == (len(labelled), labels.sum(), len(rows) - len(labelled))
+        assert 0 < labels.sum() < len(labels), f"the {level} test set lacks a class: the checks below would be empty"
+        assert m["auroc"] == pytest.approx(roc_auc_score(labels, risk), abs=1e-12)
+        assert m["auprc"] == pytest.approx(average_precision_score(labels, risk), abs=1e-12)
+        assert m["auroc_ci"][0] <= m["auroc"] <= m["auroc_ci"][1] and m["auprc_ci"][0] <= m["auprc"] <= m["auprc_ci"][1]
         assert set(m["at_recall"]) == {"0.6", "0.7", "0.8", "0.9"}
-        assert all(0 <= p["fpr"] <= 1 and 0 < p["precision"] <= 1 and p["recall"] >= float(r)
-                   for r, p in m["at_recall"].items())
-    ids, pids = [r["nodule_id"] for r in predictions], [r["patient_id"] for r in predictions]
-    labels = [r["label"] for r in predictions]
-    _, _, risk = patient_level(ids, pids, labels, [float(r["ensemble"]) for r in predictions])
-    assert [float(r["risk"]) for r in read_rows(run / "patient_predictions.csv")] == pytest.approx(risk)
-    epochs = [e for e in comparable_log(run) if e["event"] == "epoch"]
+        for r, point in m["at_recall"].items():
+            assert {k: point[k] for k in ("recall", "fpr", "precision")} == pytest.approx(
+                operating_point(labels, risk, float(r))), (level, r)
+    test_labels = np.array([int(r["label"]) if r["label"] else -1 for r in predictions])
+    for k in (0, 1):  # each fold model alone on the test set
+        fold_risk = np.array([float(r[f"fold_{k}"]) for r in predictions])
+        assert metrics["test"]["folds"][f"fold_{k}"]["auroc"] == pytest.approx(
+            roc_auc_score(test_labels[test_labels >= 0], fold_risk[test_labels >= 0]), abs=1e-12)
+    val_labelled = [r for r in val if r["label"] != ""]
+    assert metrics["validation"]["nodule"]["auroc"] == pytest.approx(roc_auc_score(
+        [int(r["label"]) for r in val_labelled], [float(r["probability"]) for r in val_labelled]), abs=1e-12)
+
+    # the log: one line per epoch; the epoch each fold kept is the one with the best validation AUROC, and that
+    # AUROC is the one its saved validation predictions (done.json) give
+    epochs = [e for e in read_log(run) if e["event"] == "epoch"]
     assert [(e["fold"], e["epoch"]) for e in epochs] == [(0, 1), (0, 2), (1, 1), (1, 2)]
-    assert all(np.isfinite(e["train"]["total"]) and 0 <= e["val"]["auroc"] <= 1 for e in epochs)
+    assert all(np.isfinite(e["train"]["total"]) and e["train"]["total"] > 0 for e in epochs)
+    label_of = {r["nodule_id"]: r["label"] for r in read_rows(cohort[0])}
+    for k in (0, 1):
+        done = json.loads((run / f"fold_{k}" / "done.json").read_text())
+        logged = {e["epoch"]: e["val"]["auroc"] for e in epochs if e["fold"] == k}
+        assert done["best_epoch"] == max(logged, key=lambda epoch: (logged[epoch], -epoch))  # ties: the earlier
+        saved = zip(done["val"]["nodule_id"], done["val"]["probability"], strict=True)
+        pairs = [(int(label_of[n]), p) for n, p in saved if label_of[n] != ""]
+        assert logged[done["best_epoch"]] == pytest.approx(roc_auc_score(*zip(*pairs, strict=True)), abs=1e-9)
     assert "ensemble on the test set, nodules" in reference.summary
 
 
-def test_load_run_gives_the_fold_models_that_made_the_predictions(reference, cohort):
-    config, models = load_run(reference.run)
-    assert config == reference.config and len(models) == 2
+def test_the_run_ensemble_gives_the_fold_models_that_made_the_predictions(reference, cohort):
+    ensemble = RunEnsemble.load(reference.run)
+    assert ensemble.folds == 2 and ensemble.settings.views == reference.config.views
     predictions = read_rows(reference.run / "predictions.csv")
-    cache = ViewCache(cohort[1], config.views, create=False)
-    risk = ensemble_predict(models, cache.load_many([r["nodule_id"] for r in predictions]))
-    assert risk == pytest.approx([float(r["ensemble"]) for r in predictions], abs=1e-6)
+    cache = ViewCache(cohort[1], reference.config.views, create=False)
+    views = cache.load_many([r["nodule_id"] for r in predictions])
+    scores = ensemble.score(views)
+    assert scores.risk == pytest.approx([float(r["ensemble"]) for r in predictions], abs=1e-6)
+    for k in range(2):  # each fold model loaded on its own gives its column
+        alone = load_model(reference.run / f"fold_{k}" / "best").predict_risk(torch.from_numpy(views)).numpy()
+        assert scores.fold_risk[k] == pytest.approx(alone, abs=1e-6)
+        assert scores.fold_risk[k] == pytest.approx([float(r[f"fold_{k}"]) for r in predictions], abs=1e-6)
 
 
 def test_the_same_seed_gives_the_same_run(reference, cohort, tmp_path):
@@ -197,17 +191,8 @@ def monitor_saves(monkeypatch):
     return Monitor
 
 
-def cli_args(manifest, run, cache, **overrides):
-    options = {**BASE, "cache": cache, **overrides}
-    args = ["train", str(manifest), "--out", str(run)]
-    for name, value in options.items():
-        if value is None:
-            continue
-        flag = "--" + name.replace("_", "-")
-        args += ([flag] if value else [f"--no-{flag[2:]}"]) if isinstance(value, bool) else [flag, str(value)]
-    return args
 
-
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_to_the_same_result(reference, cohort, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -274,7 +259,8 @@ if __name__ == "__main__":
 """
 
 
-def test_two_data_parallel_processes_train_like_one(cohort, tmp_path):
+@pytest.mark.slow
+def test_two_data_parallel_processes_train_like_one(cohort, tmp_path, backbone_registry):
     """torchrun with 2 CPU processes (gloo) against one process, same global batch.
 
     Dropout draws its masks per process, so with dropout the two layouts are equally valid but not
@@ -284,7 +270,9 @@ def test_two_data_parallel_processes_train_like_one(cohort, tmp_path):
     """
     script = tmp_path / "tiny_no_dropout.py"
     script.write_text(DETERMINISTIC_TINY)
+    # registers tiny-no-dropout in this process too, for the single-process run; `backbone_registry` removes it
     exec(compile(DETERMINISTIC_TINY, str(script), "exec"), {"__name__": "register"})
+    assert "tiny-no-dropout" in backbone_registry
     options = dict(backbone="tiny-no-dropout", lora_dropout=0.0, projection_dropout=0.0, threads=None)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two"
@@ -313,8 +301,8 @@ def test_vision_only_training_has_no_text_losses(cohort, tmp_path):
     result = train_run(cohort[0], tmp_path / "run", config)
     epochs = [e for e in comparable_log(result.run) if e["event"] == "epoch"]
     assert len(epochs) == 2 and all(e["train"]["clip"] == e["train"]["text"] == 0 < e["train"]["image"] for e in epochs)
-    _, models = load_run(result.run)
-    assert all(model.text is None for model in models)
+    ensemble = RunEnsemble.load(result.run)
+    assert not ensemble.has_text and ensemble.network.text is None
 
 
 @pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
@@ -325,17 +313,17 @@ def test_training_on_precomputed_frozen_blocks_matches_the_saved_models(cohort, 
     config = TrainConfig(**{**BASE, "epochs": 1, "lora_image_blocks": 1, "image_augmentation": augment},
                          cache=str(cohort[1]))
     result = train_run(cohort[0], tmp_path / "run", config)
-    _, models = load_run(result.run)
+    models = [load_model(result.run / f"fold_{k}" / "best") for k in range(2)]
     assert all(model.frozen_image_blocks == 1 for model in models)
     cache = ViewCache(cohort[1], config.views, create=False)
     for k, model in enumerate(models):
         done = json.loads((result.run / f"fold_{k}" / "done.json").read_text())
-        risk = ensemble_predict([model], cache.load_many(done["val"]["nodule_id"]))
+        risk = model.predict_risk(torch.from_numpy(cache.load_many(done["val"]["nodule_id"]))).numpy()
         assert risk == pytest.approx(done["val"]["probability"], abs=1e-6)
-    # the fold models share their frozen blocks: computed once for all of them, the same predictions
+    # the fold models share their frozen blocks: the ensemble computes them once per batch for all, same predictions
     views = torch.from_numpy(cache.load_many([r["nodule_id"] for r in read_rows(result.run / "predictions.csv")]))
     each = np.stack([model.predict_risk(views).numpy() for model in models])
-    assert fold_predictions(models, views, batch_size=3) == pytest.approx(each, abs=1e-6)
+    assert RunEnsemble.load(result.run).score(views, batch_size=3).fold_risk == pytest.approx(each, abs=1e-6)
 
 
 def test_image_augmentation_changes_training_and_repeats_exactly(reference, cohort, tmp_path):
@@ -361,7 +349,8 @@ def test_bf16_autocast_trains_close_to_float32_and_repeats_exactly(cohort, tmp_p
     predictions move a little from the float32 run's, not a lot, and the same settings give the same run."""
     settings = {**BASE, "epochs": 1, "lora_image_blocks": 1}
     single = train_run(cohort[0], tmp_path / "fp32", TrainConfig(**settings, cache=str(cohort[1])))
-    half = train_run(cohort[0], tmp_path / "bf16", TrainConfig(**settings, mixed_precision="bf16", cache=str(cohort[1])))
+    half = train_run(cohort[0], tmp_path / "bf16",
+                     TrainConfig(**settings, mixed_precision="bf16", cache=str(cohort[1])))
     again = train_run(cohort[0], tmp_path / "bf16-again",
                       TrainConfig(**settings, mixed_precision="bf16", cache=str(cohort[1])))
     for k in range(settings["folds"]):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from conftest import add_sphere, make_volume
+from helpers import add_sphere, make_volume
 from noduleclip.io.volume import Volume
 from noduleclip.preprocess.reference import reference_planes
 from noduleclip.preprocess.views import PLANES, ViewConfig, sample_planes, window

@@ -7,12 +7,13 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from noduleclip.ensemble import EnsembleScores, RunEnsemble
+from noduleclip.evaluate.evaluation_report import zero_shot_blocks
 from noduleclip.evaluate.zero_shot import (
-    ensemble_probabilities,
     feature_auroc,
     labelled_features,
+    style_probabilities,
     top_findings,
-    zero_shot_blocks,
     zero_shot_rows,
     zero_shot_table,
 )
@@ -68,36 +69,48 @@ def test_labelled_features_need_two_known_classes():
     assert labelled_features(records, include_suspicion=True) == ["margins", "necrosis", "suspicion"]
 
 
-class FakeModel:
-    """Prompt embeddings at fixed directions and a logit scale: enough for the zero-shot arithmetic."""
+class FakeNetwork:
+    """Each fold's prompt embeddings at fixed directions and its logit scale: enough for the zero-shot arithmetic
+    of the real RunEnsemble (each fold's state names the fold it belongs to)."""
 
-    text = object()
+    def __init__(self, prompt_embeds: list[np.ndarray], scales: list[float], text: bool = True):
+        self.prompt_embeds, self.scales, self.fold = prompt_embeds, scales, None
+        self.text = object() if text else None
 
-    def __init__(self, prompt_embeds: np.ndarray, scale: float):
-        self.prompt_embeds, self.logit = prompt_embeds, scale
+    def eval(self):
+        return self
 
-    def prompt_embeddings(self, texts):
-        return torch.as_tensor(self.prompt_embeds[: len(texts)])
+    def load_state_dict(self, state, strict=True):
+        self.fold = int(state["fold"])
+
+    def encode_text(self, texts):
+        return torch.as_tensor(self.prompt_embeds[self.fold][: len(texts)])
 
     def scale(self):
-        return torch.tensor(self.logit)
+        return torch.tensor(self.scales[self.fold])
 
 
 def test_fold_models_average_their_softmax_probabilities():
     prompts = build_prompts("paper", features=["margin_conspicuity"])  # two prompts: well, poorly marginated
     e = np.eye(2)
-    models = [FakeModel(e, 10.0), FakeModel(e[::-1].copy(), 2.0)]  # the second swaps the classes, cooler scale
-    embeds = [np.array([[1.0, 0.0], [0.6, 0.8]])] * 2
-    probs = ensemble_probabilities(models, embeds, ["margin_conspicuity"], "paper")
+    # the second fold swaps the classes and has a cooler scale
+    ensemble = RunEnsemble(FakeNetwork([e, e[::-1].copy()], [10.0, 2.0]), [{"fold": 0}, {"fold": 1}])
+    embeds = np.array([[1.0, 0.0], [0.6, 0.8]])
+    scores = EnsembleScores(np.zeros((2, 2)), np.stack([embeds, embeds]), np.zeros((2, 2, 9)), folds=(0, 1))
+    probs = style_probabilities(ensemble, scores, ["margin_conspicuity"], "paper")
     values, p = probs["margin_conspicuity"]
     assert values == prompts.values("margin_conspicuity")
-    expected = (softmax(10.0 * embeds[0] @ e.T) + softmax(2.0 * embeds[0] @ e[::-1].T)) / 2
+    expected = (softmax(10.0 * embeds @ e.T) + softmax(2.0 * embeds @ e[::-1].T)) / 2
     assert p == pytest.approx(expected)
+    only_second = ensemble.zero_shot(EnsembleScores(np.zeros((1, 2)), embeds[None], np.zeros((1, 2, 9)), folds=(1,)),
+                                     prompts)["margin_conspicuity"][1]
+    assert only_second == pytest.approx(softmax(2.0 * embeds @ e[::-1].T))  # one fold: its own probabilities
     records = [{"margin_conspicuity": "well marginated"}, {"margin_conspicuity": "poorly marginated"}]
     rows = zero_shot_rows({"paper": probs}, records)
     assert rows[0]["classes"] == {"well marginated": 1, "poorly marginated": 1} and rows[0]["n_missing"] == 0
     assert rows[0]["auroc"]["paper"] == feature_auroc(values, p, ["well marginated", "poorly marginated"])
-    assert zero_shot_table([object()], embeds, records) == []  # a model without a text tower: nothing
+    vision_only = RunEnsemble(FakeNetwork([e], [1.0], text=False), [{"fold": 0}])
+    assert zero_shot_table(vision_only, scores, records) == []  # a run without a text tower: nothing
     assert top_findings(probs, 0, k=1) == [f"margin conspicuity well marginated {p[0, 0]:.2f}"]
 
 

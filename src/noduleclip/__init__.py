@@ -1,6 +1,8 @@
 """noduleclip: a semantic-guided vision-language model for lung-nodule malignancy on CT."""
 
-__version__ = "0.1.0"
+from noduleclip.version import __version__
+
+__all__ = ["NoduleClip", "__version__"]
 
 
 def __getattr__(name: str):

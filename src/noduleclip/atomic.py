@@ -1,13 +1,22 @@
-"""Write outputs so that a crash never leaves a half-written file behind."""
+"""Write outputs so that a crash never leaves a half-written file behind; the JSON and CSV forms every writer uses."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import hashlib
+import json
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from noduleclip.errors import InputError
 
 _UMASK = os.umask(0)  # read the process's umask (the call sets it, so set it back at once)
 os.umask(_UMASK)
@@ -73,14 +82,22 @@ def plain_cell(text: str) -> str:
     return text
 
 
+def number_cell(text: str, what: str, remedy: str) -> float:
+    """A CSV cell as a finite float, else an InputError "<what> '<text>' is not a (finite) number; <remedy>"."""
+    text = plain_cell((text or "").strip())
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{what} {text!r} is not a number; {remedy}") from None
+    if not math.isfinite(value):
+        raise InputError(f"{what} {text!r} is not a finite number; {remedy}")
+    return value
+
+
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence],
               float_format: Callable[[float], str] = repr) -> Path:
     """Write a CSV atomically: floats through `float_format` (full precision by default), text cells made safe
     for spreadsheets by `spreadsheet_safe`; return `path`."""
-    import csv
-
-    import numpy as np
-
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -89,3 +106,33 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
                 writer.writerow([float_format(float(v)) if isinstance(v, (float, np.floating)) else spreadsheet_safe(v)
                                  for v in row])
     return Path(path)
+
+
+def jsonable(value: Any) -> Any:
+    """`value` with numpy scalars/arrays turned into plain Python, NaN/inf into None (for json.dumps)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_json(path: str | os.PathLike, value: Any, indent: int | None = 2) -> Path:
+    """Write `jsonable(value)` as JSON (with a final newline) atomically."""
+    write_text(path, json.dumps(jsonable(value), indent=indent) + "\n")
+    return Path(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file's bytes (how a run names the manifest it was trained on)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

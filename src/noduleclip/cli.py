@@ -13,8 +13,8 @@ import logging
 import re
 import sys
 
-from noduleclip import __version__
 from noduleclip.errors import NoduleClipError
+from noduleclip.version import __version__
 
 COMMANDS = {  # subcommand -> the module that registers it
     "preprocess": "noduleclip.commands.preprocess",

@@ -8,6 +8,7 @@ finish in minutes on 2 CPU cores; every step resumes when the demo is run again 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -52,7 +53,7 @@ class DemoConfig:
 
 def synthetic_cohort(folder: Path, patients: int, seed: int, preset: str, workers: int) -> Path:
     """The manifest of a synthetic cohort in `folder`, made there unless one of that size and seed is already there."""
-    from noduleclip.synth import make_cohort
+    from noduleclip.synth import make_cohort  # imported on first use: it loads scipy and pydicom
 
     manifest = folder / "manifest.csv"
     info = folder / "cohort.json"
@@ -74,13 +75,14 @@ def _row(name: str, m: dict) -> str:
     return f"{name:<34} {m['n']:>5} {m['n_pos']:>5}  {ci('auroc'):>22}  {ci('auprc'):>22}"
 
 
-def run_demo(out: str | os.PathLike, config: DemoConfig = DemoConfig()) -> dict:
+def run_demo(out: str | os.PathLike, config: DemoConfig | None = None) -> dict:
     """Run (or resume) the whole demo into `out`; returns its summary (also in out/demo.json)."""
-    from noduleclip.evaluate.cohort import evaluate_manifest
-    from noduleclip.plots import plot_roc_pr
-    from noduleclip.train import TrainConfig, train_run
-    from noduleclip.train.config import native_bf16
+    from noduleclip.evaluate.cohort import evaluate_manifest  # imported on first use: it loads torch
+    from noduleclip.plots import plot_roc_pr  # imported on first use: it loads matplotlib
+    from noduleclip.train import TrainConfig, train_run  # imported on first use: they load torch
+    from noduleclip.train.config import native_bf16  # imported on first use: it loads torch
 
+    config = config or DemoConfig()
     out = Path(out)
     start = time.perf_counter()
     if config.mixed_precision not in ("auto", "no", "bf16"):
@@ -125,8 +127,6 @@ def run_demo(out: str | os.PathLike, config: DemoConfig = DemoConfig()) -> dict:
 
 
 def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import csv
-
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     labels = np.array([float(r["label"]) if r["label"] != "" else np.nan for r in rows])

@@ -10,8 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from noduleclip.atomic import atomic_path  # noqa: E402
+from noduleclip.errors import InputError  # noqa: E402
 from noduleclip.preprocess.views import PLANE_NAMES  # noqa: E402
 
 
@@ -34,8 +36,6 @@ def field_of_view_box(size: int, field_of_view: int) -> tuple[float, float, floa
 def draw_views(axes, views: np.ndarray, attention=None, names=PLANE_NAMES, field_of_view: int | None = None) -> None:
     """Draw nine views into nine axes, titled by plane (and attention weight when given); with `field_of_view`,
     a dashed square marks the part of each view the model reads."""
-    from matplotlib.patches import Rectangle
-
     views = np.asarray(views, dtype=np.float32)
     top = None if attention is None else int(np.argmax(attention))
     for p, ax in enumerate(np.ravel(axes)):
@@ -73,7 +73,12 @@ def plot_roc_pr(sets: dict[str, tuple], out: str | os.PathLike, title: str = "")
 
     Unknown labels (NaN) are left out; a set with one class only is skipped with a note in the legend.
     """
-    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+    from sklearn.metrics import (  # imported on first use: scikit-learn takes a second, `noduleclip views` needs none
+        auc,
+        average_precision_score,
+        precision_recall_curve,
+        roc_curve,
+    )
 
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4.6))
     for name, (y_true, y_score) in sets.items():
@@ -90,7 +95,8 @@ def plot_roc_pr(sets: dict[str, tuple], out: str | os.PathLike, title: str = "")
         pr_ax.step(rec, prec, where="post", lw=2, color=line.get_color(),
                    label=f"{name}: AUPRC {average_precision_score(y, s):.3f} (prevalence {y.mean():.2f})")
     roc_ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate (recall)", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate (recall)", title="ROC", xlim=(0, 1),
+               ylim=(0, 1.01))
     pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall", xlim=(0, 1), ylim=(0, 1.01))
     for ax in (roc_ax, pr_ax):
         ax.grid(alpha=0.3)
@@ -108,8 +114,7 @@ def plot_calibration(sets: dict[str, tuple], out: str | os.PathLike, n_bins: int
 
     Sets whose scores are not probabilities in [0, 1], or without labelled cases, are skipped with a note.
     """
-    from noduleclip.errors import InputError
-    from noduleclip.evaluate.metrics import calibration_curve
+    from noduleclip.metrics.classification import calibration_curve  # imported on first use: it loads scikit-learn
 
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(6.2, 6.6), sharex=True, gridspec_kw=dict(height_ratios=(3, 1)))
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")

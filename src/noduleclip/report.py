@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from noduleclip import __version__
-from noduleclip.atomic import atomic_path
+from noduleclip.atomic import atomic_path, jsonable
 from noduleclip.errors import InputError
-from noduleclip.evaluate.metrics import jsonable
+from noduleclip.version import __version__
 
 MISSING = "\u2013"  # en dash for a missing value
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -131,9 +130,9 @@ def render_table(table: Table) -> str:
                              f"{width} columns; give one cell per column")
     formatted = [[format_cell(value) for value in row] for row in table.rows]
     numeric_columns = [bool(formatted) and all(numeric or text == MISSING for text, numeric in column)
-                       for column in zip(*formatted)] if formatted else [False] * width
+                       for column in zip(*formatted, strict=True)] if formatted else [False] * width
     head = "".join(("<th scope=\"col\" class=\"num\">" if numeric else "<th scope=\"col\">") + html.escape(str(c))
-                   + "</th>" for c, numeric in zip(table.columns, numeric_columns))
+                   + "</th>" for c, numeric in zip(table.columns, numeric_columns, strict=True))
     body = []
     for i, row in enumerate(formatted):
         cells = []
@@ -178,13 +177,14 @@ def render_html(title: str, sections: list[Section], subtitle: str = "") -> str:
     """The report's HTML text: title, contents, sections, a footer."""
     taken: set[str] = set()
     ids = [slug(s.title, taken) for s in sections]
-    contents = "".join(f"<li><a href=\"#{i}\">{html.escape(s.title)}</a></li>" for i, s in zip(ids, sections))
+    contents = "".join(f"<li><a href=\"#{i}\">{html.escape(s.title)}</a></li>"
+                       for i, s in zip(ids, sections, strict=True))
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if subtitle:
         parts.append(f"<p class=\"subtitle\">{html.escape(subtitle)}</p>")
     if len(sections) > 1:
         parts.append(f"<nav aria-label=\"contents\"><ol>{contents}</ol></nav>")
-    for section_id, section in zip(ids, sections):
+    for section_id, section in zip(ids, sections, strict=True):
         blocks = "\n".join(render_block(b) for b in section.blocks)
         parts.append(f"<section id=\"{section_id}\"><h2>{html.escape(section.title)}</h2>\n{blocks}</section>")
     parts.append(f"<footer>noduleclip {html.escape(__version__)}</footer>")

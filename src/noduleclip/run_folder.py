@@ -1,17 +1,25 @@
-"""What marks a folder as a training run: config.json with the run format and its version.
+"""What marks a folder as a training run (config.json with the run format and its version), and what applying a
+finished run reads from it.
 
 Kept apart from the training code so that reading a run (to predict, say) does not import it.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from noduleclip.errors import InputError
+from noduleclip.model.backbones import DEFAULT_BACKBONE, config_from_dict
+from noduleclip.preprocess.views import ViewConfig
 from noduleclip.typed_json import read_json_object
+from noduleclip.version import __version__
 
 RUN_FORMAT = "noduleclip-run"
 RUN_FORMAT_VERSION = 1
+DONE_FILE = "done.json"  # in fold_<k>/: written when the fold has finished (its best model is final)
+FOLD_MODEL = "best"  # in fold_<k>/: the model of the epoch with the best validation AUROC
 
 
 def read_run_document(run: Path, missing_ok: bool = False) -> dict | None:
@@ -19,8 +27,6 @@ def read_run_document(run: Path, missing_ok: bool = False) -> dict | None:
 
     A folder without config.json is None when `missing_ok` (a run about to start), else an error.
     """
-    from noduleclip import __version__
-
     run = Path(run)
     path = run / "config.json"
     if not path.is_file():
@@ -28,8 +34,8 @@ def read_run_document(run: Path, missing_ok: bool = False) -> dict | None:
             return None
         if not run.is_dir():
             raise InputError(f"run {run} is not a folder; give the --out folder of `noduleclip train`")
-        raise InputError(f"run {run} is incomplete: config.json is missing; give the folder of a finished "
-                         "`noduleclip train` run")
+        raise InputError(f"run {run} is not a noduleclip run folder, or an incomplete one: config.json is missing; "
+                         "give the folder of a finished `noduleclip train` run")
     document = read_json_object(path, "the run folder is damaged, so train it again")
     if document.get("format") != RUN_FORMAT:
         raise InputError(f"{path} is not a noduleclip run configuration; give the folder of a `noduleclip train` run")
@@ -47,3 +53,65 @@ def read_run_document(run: Path, missing_ok: bool = False) -> dict | None:
 def train_settings_where(run: Path) -> str:
     """How messages name a run's training settings: its config.json and the key they sit under."""
     return f"{Path(run) / 'config.json'} (its 'train' settings)"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What applying a finished run needs from its config.json."""
+
+    folds: int  # cross-validation folds: one model each
+    views: ViewConfig  # how the run cut its views (a new CT must be cut the same way)
+    batch_size: int  # nodules per inference batch
+    text_features: list[str] | None  # features the training texts gave two or more values (None: older runs)
+    random_init: bool  # the towers are not pretrained (tests and timing only)
+
+
+@dataclass
+class _AppliedSettings:
+    """The part of config.json's training settings that applying the run reads (TrainConfig's names and defaults)."""
+
+    backbone: str = DEFAULT_BACKBONE
+    folds: int = 5
+    eval_batch_size: int = 32
+    views: ViewConfig = field(default_factory=ViewConfig)
+
+
+def read_run_settings(run: Path, document: dict) -> RunSettings:
+    """The settings of `document` (the run's config.json) that applying the run needs, checked in one sentence each
+    (unknown keys among them, wrong types, an unknown backbone, values that cannot work)."""
+    where, train = train_settings_where(run), document["train"]
+    remedy = "train the run again, or use the noduleclip version that wrote it"
+    read = {name: train[name] for name in ("backbone", "folds", "eval_batch_size", "views") if name in train}
+    applied = config_from_dict(_AppliedSettings, read, where, remedy)
+    checks = ((applied.folds >= 2, f"folds={applied.folds}: cross-validation needs at least 2 folds"),
+              (applied.eval_batch_size >= 1, f"eval batch size {applied.eval_batch_size} must be at least 1"))
+    for ok, problem in checks:
+        if not ok:
+            raise InputError(f"{where} has a setting that cannot work ({problem}); {remedy}")
+    manifest, model = document.get("manifest"), document.get("model")
+    text_features = manifest.get("text_features") if isinstance(manifest, dict) else None
+    if text_features is not None and not (isinstance(text_features, list)
+                                          and all(isinstance(f, str) for f in text_features)):
+        raise InputError(f"{Path(run) / 'config.json'} has 'manifest.text_features' {text_features!r}, not a list of "
+                         f"feature names; {remedy}")
+    random_init = bool(model.get("random_init")) if isinstance(model, dict) else False
+    return RunSettings(applied.folds, applied.views, applied.eval_batch_size, text_features, random_init)
+
+
+def fold_model_folder(run: Path, fold: int) -> Path:
+    """The folder of fold `fold`'s final model in a run."""
+    return Path(run) / f"fold_{fold}" / FOLD_MODEL
+
+
+def check_run_complete(run: str | os.PathLike) -> tuple[dict, RunSettings]:
+    """A finished run's config.json document and settings, after checking (cheaply) that every fold has finished and
+    left its model; otherwise one sentence naming what is missing and what to do."""
+    run = Path(run)
+    document = read_run_document(run)
+    settings = read_run_settings(run, document)
+    for k in range(settings.folds):
+        for part in (DONE_FILE, f"{FOLD_MODEL}/model.json", f"{FOLD_MODEL}/model.safetensors"):
+            if not (run / f"fold_{k}" / part).is_file():
+                raise InputError(f"run {run} is incomplete: fold_{k}/{part} is missing; finish it with `noduleclip "
+                                 "train` (same options) or give another run")
+    return document, settings

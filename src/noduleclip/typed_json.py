@@ -11,8 +11,9 @@ import json
 import os
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from noduleclip.errors import InputError
 

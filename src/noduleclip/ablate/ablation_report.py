@@ -19,7 +19,7 @@ def plot_fold_auroc(table: dict, path: str | os.PathLike) -> Path:
     """Per-fold AUROC of each model as box and points, validation and test side by side (ensemble as a diamond)."""
     models = table["models"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
-    for ax, set_name in zip(axes, SETS):
+    for ax, set_name in zip(axes, SETS, strict=True):
         data = [[v for v in table["scores"][m][set_name]["auroc"]["folds"] if v is not None] for m in models]
         ax.boxplot([d if d else [np.nan] for d in data], positions=range(len(models)), widths=0.5,
                    showfliers=False, medianprops={"color": "black"})

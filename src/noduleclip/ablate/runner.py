@@ -13,24 +13,23 @@ test set and folds; running again skips finished models, and `train_run` resumes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Sequence
 
-from noduleclip import __version__
 from noduleclip.ablate.semantic_baseline import SemanticConfig, semantic_cv
-from noduleclip.atomic import write_text
+from noduleclip.atomic import file_sha256, write_text
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
 from noduleclip.run_folder import read_run_document, train_settings_where
 from noduleclip.train.config import TrainConfig
 from noduleclip.train.results import write_results
 from noduleclip.train.splits import SplitPlan, make_splits
+from noduleclip.version import __version__
 
 SEMANTIC = "semantic"
 # the tuning modes of TrainConfig, then the semantic-only baseline
@@ -57,10 +56,6 @@ def parse_models(text: str | Sequence[str]) -> list[str]:
         raise InputError(f"--models {','.join(names) or '(empty)'}: {unknown[0] if unknown else 'no model'!r} is not "
                          f"an ablation model; choose some of {','.join(MODELS)}")
     return [m for m in MODELS if m in names]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def shared_splits(manifest: NoduleManifest, out: Path, config: TrainConfig) -> SplitPlan:
@@ -139,7 +134,7 @@ def run_semantic(manifest: NoduleManifest, manifest_sha: str, folder: Path, plan
     folder.mkdir(parents=True, exist_ok=True)
     document = {
         "format": SEMANTIC_FORMAT, "format_version": 1, "package_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "settings": settings,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"), "settings": settings,
         "manifest": {"path": str(Path(manifest.path).resolve()), "sha256": manifest_sha, "nodules": len(manifest),
                      "patients": len({r.patient_id for r in manifest})},
         "model": {"tuning": SEMANTIC, "folds": [{"fold": k, "columns": m.columns, "coefficients": m.coefficients()}
@@ -174,7 +169,7 @@ def run_ablation(manifest_path: str | os.PathLike, out: str | os.PathLike, confi
                          "nodules")
     if SEMANTIC in models:
         _check_semantic_input(manifest)
-    manifest_sha = _sha256(Path(manifest_path))
+    manifest_sha = file_sha256(manifest_path)
     plan = shared_splits(manifest, out, config)
     trained, reused = [], []
     for n, model in enumerate(models, start=1):

@@ -20,8 +20,8 @@ source and is never a feature; the level of suspicion is nearly the label and is
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,11 +32,19 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from noduleclip.atomic import jsonable
+from noduleclip.data.manifest import label_array
 from noduleclip.errors import InputError
-from noduleclip.evaluate.metrics import jsonable, label_array
 from noduleclip.semantics.lidc import LIDC_DIAMETER, LIDC_SCALES, parse_lidc_grade
-from noduleclip.semantics.schema import (BINARY, CATEGORICAL, FEATURE_BY_NAME, FEATURES, SUSPICION, is_blank,
-                                         normalise_value)
+from noduleclip.semantics.schema import (
+    BINARY,
+    CATEGORICAL,
+    FEATURE_BY_NAME,
+    FEATURES,
+    SUSPICION,
+    is_blank,
+    normalise_value,
+)
 from noduleclip.train.results import brief_scores
 
 MISSING = "missing"
@@ -131,7 +139,7 @@ class SemanticBaseline:
         """Encoded column name -> logistic-regression weight (on the standardised column)."""
         names = self.pipeline.named_steps["encode"].get_feature_names_out()
         weights = self.pipeline.named_steps["classify"].coef_[0]
-        return {str(n): float(w) for n, w in zip(names, weights)}
+        return {str(n): float(w) for n, w in zip(names, weights, strict=True)}
 
 
 def fit_semantic_baseline(records_train: Sequence, labels: Sequence,
@@ -143,7 +151,7 @@ def fit_semantic_baseline(records_train: Sequence, labels: Sequence,
     if len(items) != len(y):
         raise InputError(f"{len(items)} training rows but {len(y)} labels; give one label per row")
     known = ~np.isnan(y)
-    frame = feature_rows([r for r, k in zip(items, known) if k], config.include_suspicion)
+    frame = feature_rows([r for r, k in zip(items, known, strict=True) if k], config.include_suspicion)
     y = y[known].astype(int)
     if len(np.unique(y)) < 2:
         raise InputError(f"the semantic baseline's training set has {len(y)} labelled rows of one class only; "

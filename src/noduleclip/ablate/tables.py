@@ -22,15 +22,15 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from scipy import stats
 
+from noduleclip.atomic import jsonable
 from noduleclip.errors import InputError
-from noduleclip.evaluate.metrics import jsonable
 from noduleclip.evaluate.stats import delong_test, friedman_nemenyi, wilcoxon
 
 SETS = ("validation", "test")
@@ -89,7 +89,7 @@ def _paired(scores: Sequence[ModelScores], set_name: str, metric: str) -> dict[s
     """Each model's fold scores on the folds where every given model has a score."""
     columns = [s.folds[set_name][metric] for s in scores]
     keep = [k for k in range(min(map(len, columns))) if all(c[k] is not None for c in columns)]
-    return {s.name: [float(c[k]) for k in keep] for s, c in zip(scores, columns)}
+    return {s.name: [float(c[k]) for k in keep] for s, c in zip(scores, columns, strict=True)}
 
 
 def friedman_comparison(scores: Sequence[ModelScores], set_name: str, metric: str, group: str,
@@ -230,5 +230,5 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
     """A plain-text table with aligned columns (for the terminal and logs)."""
     cells = [list(map(str, columns))] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

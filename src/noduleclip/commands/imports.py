@@ -13,7 +13,8 @@ def _add_label_options(parser) -> None:
     parser.add_argument("--malignant-at", type=int, default=d.malignant_at,
                         help="median malignancy at or above this is label 1 (default %(default)s)")
     parser.add_argument("--benign-at", type=int, default=d.benign_at,
-                        help="median malignancy at or below this is label 0; in between is unknown (default %(default)s)")
+                        help="median malignancy at or below this is label 0; in between is unknown "
+                             "(default %(default)s)")
 
 
 def _config(args) -> LidcConfig:

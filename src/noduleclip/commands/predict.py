@@ -23,8 +23,10 @@ def register(sub) -> None:
     where.add_argument("--coord", action="append", metavar="X,Y,Z",
                        help="nodule centre in world mm (LPS), e.g. --coord -87.6,45.2,-120; repeat for more nodules")
     where.add_argument("--nodules", metavar="CSV",
-                       help="CSV with one row per nodule: coord_x, coord_y, coord_z (LPS mm) or mask, optional nodule_id")
-    where.add_argument("--mask", metavar="SEG", help="nodule segmentation aligned with the image: its centroid is the centre")
+                       help="CSV with one row per nodule: coord_x, coord_y, coord_z (LPS mm) or mask, "
+                            "optional nodule_id")
+    where.add_argument("--mask", metavar="SEG",
+                       help="nodule segmentation aligned with the image: its centroid is the centre")
     p.add_argument("--out", required=True, help="output folder")
     add_series_option(p)
     p.add_argument("--dicom-sr", action="store_true",
@@ -35,16 +37,17 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from noduleclip.commands.views import parse_coord
-    from noduleclip.predict.api import NoduleClip, check_run
+    from noduleclip.predict.api import NoduleClip
     from noduleclip.predict.outputs import write_outputs
     from noduleclip.predict.panel import percent
     from noduleclip.predict.sites import locate_nodules, read_image
     from noduleclip.predict.sr import require_dicom_source
+    from noduleclip.run_folder import check_run_complete
 
     for noisy in ("matplotlib", "highdicom"):  # -v is for the stage timings, not font matching or SR building
         logging.getLogger(noisy).setLevel(logging.WARNING)
     started = time.perf_counter()
-    check_run(args.run)  # a missing or unfinished run is named before the scan is read
+    check_run_complete(args.run)  # a missing or unfinished run is named before the scan is read
     volume = read_image(args.image, series_uid=args.series_uid)
     if args.dicom_sr:
         require_dicom_source(volume)

@@ -1,6 +1,6 @@
 """The nodule manifest: one CSV row per nodule, the one input format every stage shares.
 
-Columns (DESIGN.md): `patient_id`, `nodule_id`, `image` (required); `coord_x, coord_y, coord_z`
+Columns (docs/architecture.md): `patient_id`, `nodule_id`, `image` (required); `coord_x, coord_y, coord_z`
 (nodule centre, world mm, LPS; may be empty with a `mask` or for a crop image); `mask`; `label`
 (1, 0 or empty = unknown); semantic feature columns; `report`; `split`. Relative paths resolve
 against the manifest's own folder.
@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from noduleclip.atomic import plain_cell, write_csv
 from noduleclip.errors import InputError
@@ -109,7 +111,7 @@ class NoduleManifest:
         return {r.nodule_id: r for r in self.records}
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "NoduleManifest":
+    def read(cls, path: str | os.PathLike) -> NoduleManifest:
         """Read and validate a manifest; errors name the file, row and column."""
         path = Path(path)
         if not path.exists():
@@ -190,3 +192,30 @@ def _fmt(value) -> str:
     if isinstance(value, Path):
         return value.as_posix()
     return str(value)
+
+
+def _label_value(value: Any) -> float:
+    if value is None or (isinstance(value, str) and value.strip() == "") or str(value) == "<NA>":
+        return np.nan  # None, an empty CSV cell, pandas' NA
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"label {value!r} is not 1 (malignant), 0 (benign) or unknown (NaN, None, -1)") from None
+
+
+def label_array(y_true: ArrayLike) -> np.ndarray:
+    """Labels as floats: 1.0, 0.0, or NaN for unknown (NaN, None, -1, empty); anything else is an InputError."""
+    y = np.array([_label_value(v) for v in np.ravel(np.asarray(y_true, dtype=object))], dtype=float)
+    y[y == -1] = np.nan
+    bad = ~np.isnan(y) & (y != 0) & (y != 1)
+    if bad.any():
+        raise InputError(
+            f"label {y[bad][0]:g} at position {int(np.flatnonzero(bad)[0])} is not 1 (malignant), "
+            "0 (benign) or unknown (NaN, None, -1)"
+        )
+    return y
+
+
+def record_labels(records: Iterable[NoduleRecord]) -> np.ndarray:
+    """The records' labels as floats in their order: 1.0 malignant, 0.0 benign, NaN unknown."""
+    return np.array([np.nan if r.label is None else float(r.label) for r in records], dtype=float)

@@ -1,6 +1,5 @@
 """A trained run's fold ensemble on any manifest: views, per-nodule predictions, metrics, and the full report.
 
-    from noduleclip.evaluate.cohort import EvaluationOptions, evaluate_cohort, evaluate_manifest
     result = evaluate_manifest("runs/a", "external/manifest.csv", "runs/a-external")      # predictions, metrics
     full = evaluate_cohort("runs/a", "external/manifest.csv", "runs/a-external",
                            EvaluationOptions(perturb=("noise=20,thick=3",), compare=("brock=brock.csv",)))
@@ -10,24 +9,36 @@ ensemble), patient_predictions.csv (a patient's risk is the max over its nodules
 `evaluate_cohort` writes the same and roc.png, roc_patient.png, calibration.png, gallery.png,
 perturbed_predictions.csv (with perturbations), report.html and report.json; everything but the view
 cache appears together at the end (staged), so a failed evaluation leaves the folder as it was.
+
+`evaluate_cohort` by job: `_parse_options` (user errors before any work), `score_manifest` (views and
+fold-model scores), `write_scores` (predictions and metrics), `_analyse` (comparisons, curves, zero-shot,
+robustness, gallery: numbers and PNGs), then `evaluation_report.write_evaluation_report` (report.html/json).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from noduleclip.atomic import staged_dir, write_text
-from noduleclip.data.manifest import NoduleManifest
+from noduleclip.atomic import jsonable, staged_dir, write_csv, write_text
+from noduleclip.data.manifest import NoduleManifest, record_labels
+from noduleclip.ensemble import EnsembleScores, RunEnsemble
 from noduleclip.errors import InputError
-from noduleclip.evaluate.metrics import jsonable
+from noduleclip.evaluate import compare, gallery, perturb, zero_shot
+from noduleclip.evaluate.compare import ComparedScores, aligned_scores
+from noduleclip.evaluate.evaluation_report import OURS, write_evaluation_report
+from noduleclip.evaluate.gallery import GalleryTile
+from noduleclip.evaluate.perturb import Perturbation
+from noduleclip.metrics.classification import calibration_curve, patient_level
+from noduleclip.plots import plot_calibration, plot_roc_pr
 from noduleclip.preprocess.cache import ViewCache
 from noduleclip.preprocess.pipeline import default_workers, preprocess_manifest
-
+from noduleclip.train.results import brief_scores, scored_set, write_predictions
 
 OPTIONAL_OUTPUTS = ("gallery.png", "perturbed_predictions.csv")
 
@@ -44,11 +55,12 @@ class CohortEvaluation:
     metrics: dict
     records: list = field(default_factory=list, repr=False)
     views: np.ndarray | None = field(default=None, repr=False)  # (N, 9, S, S)
-    fold_embeds: list[np.ndarray] = field(default_factory=list, repr=False)  # per fold (N, D)
+    scores: EnsembleScores | None = field(default=None, repr=False)  # the fold models' risks, embeddings, attention
     report: dict = field(default_factory=dict, repr=False)  # evaluate_cohort: report.json's content
 
     @property
     def risk(self) -> np.ndarray:
+        """The ensemble's malignancy probability (N,): the mean over the fold models."""
         return self.fold_risk.mean(axis=0)
 
 
@@ -68,14 +80,12 @@ class EvaluationOptions:
 
 
 def score_manifest(run: str | os.PathLike, manifest_path: str | os.PathLike, cache_root: str | os.PathLike,
-                   workers: int | None = None, progress: bool = True) -> tuple:
-    """(run config, fold models, CohortEvaluation with views, fold probabilities and embeddings; no metrics yet),
-    cutting the views into `cache_root`."""
-    from noduleclip.train.cv import fold_outputs, load_run
-
-    config, models = load_run(run)
+                   workers: int | None = None, progress: bool = True) -> tuple[RunEnsemble, CohortEvaluation]:
+    """The run's fold ensemble and its CohortEvaluation of the manifest (views, fold probabilities, embeddings;
+    no metrics yet), cutting the views into `cache_root`."""
+    ensemble = RunEnsemble.load(run)
     manifest = NoduleManifest.read(manifest_path)
-    cache = ViewCache(cache_root, config.views)
+    cache = ViewCache(cache_root, ensemble.settings.views)
     report = preprocess_manifest(manifest, cache, workers=workers or default_workers(), progress=progress)
     failed = dict(report.failed)
     records = [r for r in manifest if r.nodule_id not in failed]
@@ -84,18 +94,14 @@ def score_manifest(run: str | os.PathLike, manifest_path: str | os.PathLike, cac
         raise InputError(f"no nodule of {manifest_path} could be read (first: {first[0]}: {first[1]})")
     ids = [r.nodule_id for r in records]
     views = cache.load_many(ids)
-    predictions = fold_outputs(models, views, config.eval_batch_size)
-    fold_risk = np.stack([p.risk.detach().cpu().double().numpy() for p in predictions])
-    embeds = [p.image_embeds.detach().cpu().double().numpy() for p in predictions]
-    labels = np.array([np.nan if r.label is None else float(r.label) for r in records])
-    evaluation = CohortEvaluation(ids, [r.patient_id for r in records], labels, fold_risk, report.failed, {},
-                                  records, views, embeds)
-    return config, models, evaluation
+    scores = ensemble.score(views)
+    evaluation = CohortEvaluation(ids, [r.patient_id for r in records], record_labels(records), scores.fold_risk,
+                                  report.failed, {}, records, views, scores)
+    return ensemble, evaluation
 
 
 def write_scores(folder: Path, evaluation: CohortEvaluation, run, manifest_path, bootstrap: int, seed: int) -> dict:
     """predictions.csv, patient_predictions.csv and metrics.json into `folder`; the metrics."""
-    from noduleclip.train.results import scored_set, write_predictions
 
     e = evaluation
     ensemble = write_predictions(folder, e.ids, e.patients, e.labels, e.fold_risk)
@@ -111,17 +117,34 @@ def evaluate_manifest(run: str | os.PathLike, manifest_path: str | os.PathLike, 
                       progress: bool = True) -> CohortEvaluation:
     """Cut the manifest's views as the run did, score them with every fold model, write and return the results."""
     out = Path(out)
-    _, _, evaluation = score_manifest(run, manifest_path, out / "cache", workers, progress)
+    _, evaluation = score_manifest(run, manifest_path, out / "cache", workers, progress)
     evaluation.metrics = write_scores(out, evaluation, run, manifest_path, bootstrap, seed)
     return evaluation
 
 
-def _curves(folder: Path, e: CohortEvaluation, compared: list, ours: str) -> tuple[list, dict]:
-    """roc.png, roc_patient.png, calibration.png (compared models overlaid); their report figures, the bins."""
-    from noduleclip.evaluate.compare import aligned_scores
-    from noduleclip.evaluate.metrics import calibration_curve, patient_level
-    from noduleclip.plots import plot_calibration, plot_roc_pr
-    from noduleclip.report import Figure
+def _parse_options(options: EvaluationOptions) -> tuple[list[Perturbation], list[ComparedScores]]:
+    """The perturbations and the compared models' scores that `options` names, checked: user errors before any work."""
+
+    perturbations = perturb.parse_perturbations(options.perturb)
+    compared = [compare.read_scores(spec) for spec in options.compare]
+    if len({c.name for c in compared}) < len(compared):
+        raise InputError("two --compare models have the same NAME; give each its own name")
+    if options.gallery < 0:
+        raise InputError(f"--gallery {options.gallery} is negative; give how many of each mistake to show (0: none)")
+    return perturbations, compared
+
+
+def _header(run: str | os.PathLike, manifest_path: str | os.PathLike, ensemble: RunEnsemble, e: CohortEvaluation,
+            options: EvaluationOptions) -> dict:
+    """report.json's first keys: the run, the manifest, how many nodules, patients and folds, the views, the options."""
+    return {"run": str(Path(run).resolve()), "manifest": str(Path(manifest_path).resolve()),
+            "n_nodules": len(e.ids), "n_patients": len(set(e.patients)), "n_folds": ensemble.folds,
+            "views": ensemble.settings.views.to_dict(),
+            "options": {k: v for k, v in vars(options).items() if k != "progress"}}
+
+
+def _curves(folder: Path, e: CohortEvaluation, compared: Sequence[ComparedScores], ours: str = OURS) -> dict:
+    """roc.png, roc_patient.png, calibration.png (compared models overlaid) into `folder`; the calibration bins."""
 
     _, patient_labels, patient_risk = patient_level(e.ids, e.patients, e.labels, e.risk)
     sets = {"nodule": {ours: (e.labels, e.risk)}, "patient": {ours: (patient_labels, patient_risk)}}
@@ -133,110 +156,97 @@ def _curves(folder: Path, e: CohortEvaluation, compared: list, ours: str) -> tup
     plot_roc_pr(sets["patient"], folder / "roc_patient.png", title="patient level (max over nodules)")
     plot_calibration(sets["nodule"], folder / "calibration.png", title="calibration, nodule level")
     try:
-        bins = calibration_curve(e.labels, e.risk)
+        return calibration_curve(e.labels, e.risk)
     except InputError as exc:
-        bins = {"reason": str(exc)}
-    figures = [Figure(folder / "roc.png", "ROC and precision-recall curves, nodule level"),
-               Figure(folder / "roc_patient.png", "ROC and precision-recall curves, patient level"),
-               Figure(folder / "calibration.png", "Reliability diagram (10 equal-width bins) and the distribution "
-                      "of the predicted probabilities of the labelled nodules")]
-    return figures, bins
+        return {"reason": str(exc)}
 
 
-def _data_blocks(e: CohortEvaluation, config, run, manifest_path) -> list:
-    from noduleclip.report import Table, Text
+def _zero_shot(ensemble: RunEnsemble, e: CohortEvaluation, options: EvaluationOptions) -> tuple[dict, str]:
+    """{prompt style: the fold ensemble's class probabilities} of the labelled features, and why there are none
+    ("" when there are or when no feature is labelled)."""
 
-    known = ~np.isnan(e.labels)
-    blocks = [Text(f"Run {Path(run).resolve()}: {len(e.fold_risk)} fold models ({config.backbone}, {config.tuning}); "
-                   f"their mean malignancy probability is the ensemble's. Manifest {Path(manifest_path).resolve()}: "
-                   f"{len(e.ids)} nodules of {len(set(e.patients))} patients evaluated, {int(np.nansum(e.labels))} "
-                   f"malignant, {int(known.sum() - np.nansum(e.labels))} benign, {int((~known).sum())} without a "
-                   "label (left out of every metric). Per-nodule predictions: predictions.csv; per patient: "
-                   "patient_predictions.csv.")]
-    if e.failed:
-        blocks.append(Table(["nodule", "why it was left out"], [list(f) for f in e.failed],
-                            caption=f"{len(e.failed)} nodule(s) could not be read"))
-    return blocks
+    probabilities, note = {}, ""
+    if not options.zero_shot:
+        note = "Zero-shot prediction was not asked for (--no-zero-shot)."
+    elif not ensemble.has_text:
+        note = "This run is vision-only: its models have no text tower, so there is no zero-shot prediction."
+    else:
+        features = zero_shot.labelled_features(e.records, options.include_suspicion)
+        if features:
+            probabilities = {s: zero_shot.style_probabilities(ensemble, e.scores, features, s)
+                             for s in zero_shot.STYLES}
+    return probabilities, note
+
+
+def _robustness(folder: Path, ensemble: RunEnsemble, e: CohortEvaluation, perturbations: Sequence[Perturbation],
+                options: EvaluationOptions) -> list[dict]:
+    """Score the re-rendered scans and write perturbed_predictions.csv into `folder`; the robustness rows."""
+
+    shifted = perturb.perturbed_risk(ensemble, e.records, perturbations, options.seed,
+                                     options.workers or default_workers())
+    write_csv(folder / "perturbed_predictions.csv", ["nodule_id", "label", "unperturbed", *shifted],
+              [[n, "" if np.isnan(y) else int(y), r, *(s[i] for s in shifted.values())]
+               for i, (n, y, r) in enumerate(zip(e.ids, e.labels, e.risk, strict=True))])
+    return perturb.robustness_rows(e.labels, e.risk, shifted)
+
+
+def _gallery(folder: Path, e: CohortEvaluation, probabilities: dict, ensemble: RunEnsemble,
+             n: int) -> tuple[list[GalleryTile], Path | None]:
+    """The `n` most confident mistakes of each kind, captioned with their zero-shot findings, and gallery.png in
+    `folder` (None when there is no mistake to show)."""
+
+    findings = None
+    if probabilities:
+        findings = [zero_shot.top_findings(probabilities[zero_shot.PAPER], i) for i in range(len(e.ids))]
+    tiles = gallery.gallery_tiles(e.ids, e.labels, e.risk, n, findings)
+    figure = gallery.plot_gallery(e.views, tiles, folder / "gallery.png",
+                                  field_of_view=ensemble.field_of_view) if tiles else None
+    return tiles, figure
+
+
+def _analyse(folder: Path, data: dict, ensemble: RunEnsemble, e: CohortEvaluation,
+             compared: Sequence[ComparedScores], perturbations: Sequence[Perturbation],
+             options: EvaluationOptions) -> tuple[list[GalleryTile], Path | None]:
+    """Every analysis of the scores into `data` (report.json's keys, in order) and its files into `folder`; the
+    gallery's tiles and PNG."""
+
+    data["folds"] = [brief_scores(e.labels, r) for r in e.fold_risk]
+    data["comparisons"] = [compare.compare_model(c, e.ids, e.patients, e.labels, e.risk, options.bootstrap,
+                                                 options.seed) for c in compared]
+    data["calibration"] = _curves(folder, e, compared)
+    probabilities, note = _zero_shot(ensemble, e, options)
+    data["zero_shot"] = {"rows": zero_shot.zero_shot_rows(probabilities, e.records), "note": note or None}
+    if perturbations:
+        data["robustness"] = _robustness(folder, ensemble, e, perturbations, options)
+    tiles, figure = [], None
+    if options.gallery:
+        tiles, figure = _gallery(folder, e, probabilities, ensemble, options.gallery)
+        data["gallery"] = [vars(t) for t in tiles]
+    data["warnings"] = [c["warning"] for c in data["comparisons"] if c["warning"]]
+    return tiles, figure
+
+
+def _drop_stale_outputs(stage: Path, out: Path) -> None:
+    """Delete an earlier evaluation's optional output in `out` that this one does not replace (it would mislead)."""
+    for name in OPTIONAL_OUTPUTS:
+        if not (stage / name).exists() and (out / name).is_file():
+            (out / name).unlink()
 
 
 def evaluate_cohort(run: str | os.PathLike, manifest_path: str | os.PathLike, out: str | os.PathLike,
-                    options: EvaluationOptions = EvaluationOptions()) -> CohortEvaluation:
+                    options: EvaluationOptions | None = None) -> CohortEvaluation:
     """The full external evaluation: metrics with intervals, curves, calibration, zero-shot features, robustness,
     comparisons and the error gallery, written into `out` with report.html and report.json."""
-    from noduleclip.evaluate import compare, gallery, perturb, zero_shot
-    from noduleclip.report import Section, Table, Text, write_report
-    from noduleclip.atomic import write_csv
-    from noduleclip.train.results import brief_scores
+    options = options or EvaluationOptions()
 
-    perturbations = perturb.parse_perturbations(options.perturb)  # user errors before any work
-    compared = [compare.read_scores(spec) for spec in options.compare]
-    if len({c.name for c in compared}) < len(compared):
-        raise InputError("two --compare models have the same NAME; give each its own name")
-    if options.gallery < 0:
-        raise InputError(f"--gallery {options.gallery} is negative; give how many of each mistake to show (0: none)")
-    out, ours = Path(out), "noduleclip ensemble"
-    config, models, e = score_manifest(run, manifest_path, out / "cache", options.workers, options.progress)
-    data: dict = {"run": str(Path(run).resolve()), "manifest": str(Path(manifest_path).resolve()),
-                  "n_nodules": len(e.ids), "n_patients": len(set(e.patients)), "n_folds": len(models),
-                  "views": config.views.to_dict(),
-                  "options": {k: v for k, v in vars(options).items() if k != "progress"}}
+    perturbations, compared = _parse_options(options)  # user errors before any work
+    out = Path(out)
+    ensemble, e = score_manifest(run, manifest_path, out / "cache", options.workers, options.progress)
+    data = _header(run, manifest_path, ensemble, e, options)
     with staged_dir(out) as stage:
         e.metrics = data["metrics"] = write_scores(stage, e, run, manifest_path, options.bootstrap, options.seed)
-        folds = [brief_scores(e.labels, r) for r in e.fold_risk]
-        data["folds"] = folds
-        comparisons = data["comparisons"] = [
-            compare.compare_model(c, e.ids, e.patients, e.labels, e.risk, options.bootstrap, options.seed)
-            for c in compared]
-        figures, data["calibration"] = _curves(stage, e, compared, ours)
-        fold_table = Table(["model", "AUROC", "AUPRC"], [[f"fold {k}", f["auroc"], f["auprc"]]
-                                                         for k, f in enumerate(folds)] +
-                           [[ours, e.metrics["nodule"]["auroc"], e.metrics["nodule"]["auprc"]]],
-                           caption="Each fold model and the ensemble, nodule level")
-        sections = [Section("Data", _data_blocks(e, config, run, manifest_path)),
-                    Section("Malignancy", [*compare.malignancy_blocks(e.metrics, comparisons, ours), *figures,
-                                           fold_table])]
-
-        probabilities, note = {}, ""
-        if not options.zero_shot:
-            note = "Zero-shot prediction was not asked for (--no-zero-shot)."
-        elif not zero_shot.has_text_path(models):
-            note = "This run is vision-only: its models have no text tower, so there is no zero-shot prediction."
-        else:
-            features = zero_shot.labelled_features(e.records, options.include_suspicion)
-            if features:
-                probabilities = {s: zero_shot.ensemble_probabilities(models, e.fold_embeds, features, s)
-                                 for s in zero_shot.STYLES}
-        rows = zero_shot.zero_shot_rows(probabilities, e.records)
-        data["zero_shot"] = {"rows": rows, "note": note or None}
-        sections.append(Section("Zero-shot semantic features", zero_shot.zero_shot_blocks(rows, note=note)))
-
-        if perturbations:
-            shifted = perturb.perturbed_risk(models, e.records, perturbations, config.views, options.seed,
-                                             options.workers or default_workers(), config.eval_batch_size)
-            write_csv(stage / "perturbed_predictions.csv", ["nodule_id", "label", "unperturbed", *shifted],
-                      [[n, "" if np.isnan(y) else int(y), r, *(s[i] for s in shifted.values())]
-                       for i, (n, y, r) in enumerate(zip(e.ids, e.labels, e.risk))])
-            rows = data["robustness"] = perturb.robustness_rows(e.labels, e.risk, shifted)
-            sections.append(Section("Robustness", perturb.robustness_blocks(rows, len(e.ids), options.seed)))
-
-        if options.gallery:
-            findings = None
-            if probabilities:
-                findings = [zero_shot.top_findings(probabilities[zero_shot.PAPER], i) for i in range(len(e.ids))]
-            tiles = gallery.gallery_tiles(e.ids, e.labels, e.risk, options.gallery, findings)
-            figure = gallery.plot_gallery(e.views, tiles, stage / "gallery.png",
-                                          field_of_view=config.field_of_view) if tiles else None
-            data["gallery"] = [vars(t) for t in tiles]
-            sections.append(Section("Error analysis", gallery.gallery_blocks(figure, tiles, options.gallery)))
-
-        warnings = data["warnings"] = [c["warning"] for c in comparisons if c["warning"]]
-        sections[0].blocks.extend(Text(f"Warning: {w}.") for w in warnings)
-        write_report(stage / "report.html", f"External evaluation of {Path(run).name} on {Path(manifest_path).name}",
-                     sections, data, subtitle=f"noduleclip evaluate: the fold ensemble of {len(models)} models on "
-                                              f"{len(e.ids)} nodules of {len(set(e.patients))} patients")
-        for name in OPTIONAL_OUTPUTS:  # an earlier evaluation's file that this one does not replace would mislead
-            if not (stage / name).exists() and (out / name).is_file():
-                (out / name).unlink()
+        tiles, figure = _analyse(stage, data, ensemble, e, compared, perturbations, options)
+        write_evaluation_report(stage, run, manifest_path, ensemble, e, data, options, tiles, figure)  # the last file
+        _drop_stale_outputs(stage, out)
     e.report = jsonable(data)
     return e
-

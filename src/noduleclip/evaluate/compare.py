@@ -12,21 +12,24 @@ many are missing and the first few; a file sharing no case with the evaluation i
 with a `label` column that contradicts the manifest on a shared case is an error too (the ids
 probably belong to another cohort). Patient-level comparisons of a per-nodule file take each
 patient's max over its matched nodules, as for our ensemble.
+
+Computing only: the report's Table 2 is built from `compare_model`'s results in `evaluation_report`.
 """
 
 from __future__ import annotations
 
 import csv
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from noduleclip.atomic import number_cell
+from noduleclip.data.manifest import label_array
 from noduleclip.errors import InputError
-from noduleclip.evaluate.metrics import classification_metrics, label_array, patient_level
 from noduleclip.evaluate.stats import delong_test
+from noduleclip.metrics.classification import classification_metrics, patient_level
 
 SCORE_COLUMNS = ("risk", "score", "probability", "prediction", "ensemble")
 RECALLS = (0.6, 0.7, 0.8, 0.9)
@@ -54,16 +57,6 @@ def parse_compare_spec(spec: str) -> tuple[str, Path, str | None]:
         head, _, tail = rest.rpartition(":")
         path, column = Path(head), tail.strip() or None
     return name.strip(), path, column
-
-
-def _number(text: str, where: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"{where}: {text!r} is not a number; give one numeric score per row") from None
-    if not math.isfinite(value):
-        raise InputError(f"{where}: the score is {text}; give a finite score for every row")
-    return value
 
 
 def read_scores(spec: str) -> ComparedScores:
@@ -97,7 +90,7 @@ def read_scores(spec: str) -> ComparedScores:
             raise InputError(f"{where}: {id_column} is empty")
         if key in scores:
             raise InputError(f"{where}: {id_column} {key!r} appears twice; give one score per {id_column[:-3]}")
-        scores[key] = _number(row[column], where)
+        scores[key] = number_cell(row[column], f"{where}: the score", "give one finite numeric score per row")
         if "label" in header:
             labels[key] = label_array([row["label"]])[0]
     return ComparedScores(name, path, column, id_column[:-3], scores, labels)
@@ -106,12 +99,12 @@ def read_scores(spec: str) -> ComparedScores:
 def match_scores(compared: ComparedScores, ids: Sequence[str], labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """The compared scores aligned to `ids` (NaN where the file lacks one) and the missing ids."""
     scores = np.array([compared.scores.get(str(i), np.nan) for i in ids], dtype=float)
-    missing = [str(i) for i, s in zip(ids, scores) if np.isnan(s)]
+    missing = [str(i) for i, s in zip(ids, scores, strict=True) if np.isnan(s)]
     if len(missing) == len(ids):
         raise InputError(f"--compare {compared.name}: no {compared.level} id of {compared.path} matches the "
                          f"evaluated ones (e.g. file {next(iter(compared.scores))!r}, evaluation {str(ids[0])!r}); "
                          f"give scores for the manifest's {compared.level}_id values")
-    for i, y in zip(ids, labels):
+    for i, y in zip(ids, labels, strict=True):
         theirs = compared.labels.get(str(i), np.nan)
         if not (np.isnan(theirs) or np.isnan(y) or theirs == y):
             raise InputError(f"--compare {compared.name}: {compared.path} gives {compared.level} {str(i)!r} label "
@@ -119,12 +112,14 @@ def match_scores(compared: ComparedScores, ids: Sequence[str], labels: np.ndarra
     return scores, missing
 
 
-def _scored(labels, scores, bootstrap: int, seed: int, unit: str) -> dict:
+def _scored(labels: np.ndarray, scores: np.ndarray, bootstrap: int, seed: int, unit: str) -> dict:
+    """One model's metrics with bootstrap intervals and fixed-recall points (one class only: a reason, no error)."""
     return classification_metrics(labels, scores, recalls=RECALLS, n_bootstrap=bootstrap, seed=seed,
                                   allow_single_class=True, unit=unit)
 
 
-def _paired(labels, ours, theirs, bootstrap: int, seed: int, unit: str) -> dict:
+def _paired(labels: np.ndarray, ours: np.ndarray, theirs: np.ndarray, bootstrap: int, seed: int, unit: str) -> dict:
+    """Both models' metrics on the same cases and DeLong's test of their AUROCs (None when it is undefined)."""
     ours_m, theirs_m = _scored(labels, ours, bootstrap, seed, unit), _scored(labels, theirs, bootstrap, seed, unit)
     test = None
     if theirs_m["auroc"] is not None:
@@ -143,7 +138,8 @@ def aligned_scores(compared: ComparedScores, ids: Sequence[str], patients: Seque
     if compared.level == "nodule":
         scores, missing = match_scores(compared, ids, labels)
         kept = ~np.isnan(scores)
-        kept_ids, kept_patients = [i for i, k in zip(ids, kept) if k], [p for p, k in zip(patients, kept) if k]
+        kept_ids = [i for i, k in zip(ids, kept, strict=True) if k]
+        kept_patients = [p for p, k in zip(patients, kept, strict=True) if k]
         levels["nodule"] = (labels[kept], risk[kept], scores[kept])
         _, patient_labels, our_patient = patient_level(kept_ids, kept_patients, labels[kept], risk[kept])
         _, _, their_patient = patient_level(kept_ids, kept_patients, labels[kept], scores[kept])
@@ -172,54 +168,3 @@ def compare_model(compared: ComparedScores, ids: Sequence[str], patients: Sequen
                              f"{evaluated} evaluated {compared.level}s ({shown}); it is compared on the "
                              f"{evaluated - len(missing)} it scores")
     return result
-
-
-def _ci_text(ci) -> str | None:
-    return None if not ci else f"{ci[0]:.3f}\u2013{ci[1]:.3f}"
-
-
-def _row(level: str, model: str, m: dict, p: float | None) -> list:
-    return [level, model, m["n"], m["n_pos"], m["auroc"], _ci_text(m["auroc_ci"]), m["auprc"],
-            _ci_text(m["auprc_ci"]), m["brier"], p]
-
-
-def malignancy_blocks(metrics: dict, comparisons: Sequence[dict], ours: str = "noduleclip ensemble") -> list:
-    """The report's Table 2: our ensemble and every compared model, per level, with DeLong's p against ours;
-    then FPR and precision at fixed recall, with their definition."""
-    from noduleclip.report import Table, Text
-
-    rows, bold, notes = [], set(), []
-    for level, unit in (("nodule", "nodules"), ("patient", "patients")):
-        rows.append(_row(unit, ours, metrics[level], None))
-        if metrics[level]["reason"]:
-            notes.append(Text(f"{unit.capitalize()}: {metrics[level]['reason']}."))
-        for c in comparisons:
-            paired = c["levels"].get(level)
-            if paired is None:
-                continue
-            if c["missing"]:
-                rows.append(_row(unit, f"{ours} (cases {c['name']} scores)", paired["ours"], None))
-            p = paired["delong"]["p"] if paired["delong"] else None
-            if p is not None and p < 0.05:
-                bold.add((len(rows), 9))
-            rows.append(_row(unit, c["name"], paired["other"], p))
-    table = Table(["level", "model", "n", "malignant", "AUROC", "95% CI", "AUPRC", "95% CI", "Brier",
-                   "DeLong p vs ours"], rows, bold=bold,
-                  caption="Malignancy: AUROC and AUPRC with 95% bootstrap intervals (as the paper's Table 2)")
-    recall_rows = []
-    for level, unit in (("nodule", "nodules"), ("patient", "patients")):
-        for r in RECALLS:
-            point = (metrics[level]["at_recall"] or {}).get(f"{r:g}") or {}
-            recall_rows.append([unit, r, point.get("threshold"), point.get("recall"), point.get("fpr"),
-                                point.get("precision"), point.get("tp"), point.get("fp")])
-    points = Table(["level", "target recall", "threshold", "recall reached", "FPR", "precision", "TP", "FP"],
-                   recall_rows, caption=f"{ours}: false positive rate and precision at fixed recall")
-    definition = Text(
-        "A case is called malignant when its score is at or above a threshold. FPR and precision at recall r are "
-        "taken at the highest threshold whose recall reaches r, i.e. with the fewest cases called malignant; cases "
-        "with tied scores are called together, so the achieved recall (shown) can exceed r. FPR = false positives / "
-        "benign cases, precision = true positives / cases called malignant, at that threshold. A patient's risk is "
-        "the maximum over its nodules and its label the maximum of its known nodule labels. Intervals: percentile "
-        "bootstrap over cases. DeLong p: DeLong's test of equal AUROC on the same cases (bold below 0.05); a model "
-        "that lacks some cases is compared on the cases it scores, and our ensemble is also shown on those cases.")
-    return [table, *notes, definition, points]

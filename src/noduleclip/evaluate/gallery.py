@@ -4,19 +4,23 @@ False positives here are the benign nodules (label 0) with the highest malignanc
 negatives the malignant ones (label 1) with the lowest: the mistakes any threshold makes first.
 Each tile shows the nine views (axial, coronal, sagittal, then the six 45-degree planes), the nodule
 id, its label and risk, and the zero-shot findings the model is most sure of.
+
+Computing only: `gallery_tiles` picks the nodules and `plot_gallery` draws gallery.png; the report's
+figure and table are built in `evaluation_report`.
 """
 
 from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from noduleclip.errors import InputError
+from noduleclip.plots import draw_views, plt, save_figure
 
 
 @dataclass
@@ -52,10 +56,6 @@ def plot_gallery(views: np.ndarray, tiles: Sequence[GalleryTile], out: str | os.
                  field_of_view: int | None = None) -> Path:
     """One PNG: a row block of false positives, then of false negatives; each tile a 3x3 grid of views (with
     `field_of_view`, the part a zoomed model reads marked on each)."""
-    import matplotlib.pyplot as plt
-
-    from noduleclip.plots import draw_views, save_figure
-
     if not tiles:
         raise InputError("the gallery needs at least one false positive or false negative; the set has no labels")
     kinds = [k for k in ("false positive", "false negative") if any(t.kind == k for t in tiles)]
@@ -81,21 +81,3 @@ def plot_gallery(views: np.ndarray, tiles: Sequence[GalleryTile], out: str | os.
             sub.text(0.5, 0.2, caption, ha="center", va="top", fontsize=7.5, color="0.25",
                      transform=sub.transSubfigure)
     return save_figure(fig, out, dpi=110)
-
-
-def gallery_blocks(figure: Path | None, tiles: Sequence[GalleryTile], n: int, note: str = "") -> list:
-    """The report's error-analysis figure and a table of the nodules it shows."""
-    from noduleclip.report import Figure, Table, Text
-
-    if figure is None:
-        return [Text(note or "No gallery: the set has no labelled nodules.")]
-    counts = {k: sum(t.kind == k for t in tiles) for k in ("false positive", "false negative")}
-    text = Text(f"The {counts['false positive']} benign nodules with the highest malignancy probability (false "
-                f"positives) and the {counts['false negative']} malignant nodules with the lowest (false negatives), "
-                f"up to {n} of each, most confident first. Views in each tile: axial, coronal, sagittal (top row), "
-                "then the six 45\u00b0 planes. Captions: the three non-negative findings with the highest zero-shot "
-                "probability (paper's prompts). " + note)
-    table = Table(["kind", "nodule", "label", "risk", "zero-shot findings"],
-                  [[t.kind, t.nodule_id, t.label, t.risk, "; ".join(t.findings)] for t in tiles],
-                  caption="Nodules in the error gallery")
-    return [text, Figure(figure, "Most confident false positives (red) and false negatives (blue)"), table]

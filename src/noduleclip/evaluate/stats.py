@@ -5,16 +5,18 @@ Wilcoxon signed-rank test for two models over folds or data sets.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import scikit_posthocs
 from scipy import stats
 
+from noduleclip.atomic import jsonable
 from noduleclip.errors import InputError
-from noduleclip.evaluate.metrics import jsonable, known_cases, single_class_reason
+from noduleclip.metrics.classification import known_cases, single_class_reason
 
 
 class DelongResult(NamedTuple):
@@ -105,7 +107,7 @@ def friedman_nemenyi(scores: Mapping[str, Sequence[float]]) -> FriedmanResult:
     pairwise.index, pairwise.columns = models, models
     return FriedmanResult(
         models=models, n_blocks=int(table.shape[0]), statistic=float(statistic), p=float(p),
-        average_ranks={m: float(r) for m, r in zip(models, ranks)}, pairwise_p=pairwise,
+        average_ranks={m: float(r) for m, r in zip(models, ranks, strict=True)}, pairwise_p=pairwise,
     )
 
 

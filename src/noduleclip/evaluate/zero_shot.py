@@ -12,39 +12,31 @@ AUROC is taken against the manifest's values (the layout of the paper's Table 3)
   scikit-learn 1.9 (tests check both cases), which older versions refuse for absent classes.
 The level of suspicion is left out unless asked: it is nearly the malignancy label.
 
-    rows = zero_shot_table(models, views, records)       # or per-fold image embeddings instead of views
+    rows = zero_shot_table(RunEnsemble.load(run), views, records)    # or the ensemble's scores of the views
+
+Computing only: the report's Table 3 is built from these rows in `evaluation_report`.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from noduleclip.ensemble import EnsembleScores, Probabilities, RunEnsemble
 from noduleclip.semantics.prompts import ENSEMBLE, PAPER, build_prompts
-from noduleclip.semantics.schema import BINARY, FEATURE_BY_NAME, NEGATIVE_VALUES, PRESENT, text_features
+from noduleclip.semantics.schema import (
+    BINARY,
+    FEATURE_BY_NAME,
+    NEGATIVE_VALUES,
+    PRESENT,
+    class_counts,
+    feature_values,
+    labelled_features,
+)
 
 STYLES = (PAPER, ENSEMBLE)
-STYLE_TITLES = {PAPER: "paper's prompts", ENSEMBLE: "prompt ensembles"}
-Probabilities = dict[str, tuple[tuple[str, ...], np.ndarray]]  # feature -> (class values, N x V)
-
-
-def feature_values(record) -> Mapping:
-    """A record's semantic features: a NoduleRecord's parsed `features`, or a {feature: value} dict as is."""
-    return record.features if hasattr(record, "features") else record
-
-
-def class_counts(records: Sequence, feature: str) -> Counter:
-    """How many records have each value of `feature` (missing values not counted)."""
-    return Counter(str(feature_values(r)[feature]) for r in records if feature_values(r).get(feature) is not None)
-
-
-def labelled_features(records: Sequence, include_suspicion: bool = False) -> list[str]:
-    """Categorical and binary schema features with at least two classes among the records' known values."""
-    return [f.name for f in text_features(include_suspicion)
-            if not f.is_numeric and len(class_counts(records, f.name)) >= 2]
 
 
 def feature_auroc(values: Sequence[str], probabilities: np.ndarray, truth: Sequence) -> float | None:
@@ -68,30 +60,10 @@ def feature_auroc(values: Sequence[str], probabilities: np.ndarray, truth: Seque
     return float(roc_auc_score(onehot, p[:, present], average="weighted"))
 
 
-def image_embeddings(models: Sequence, views, batch_size: int = 32) -> list[np.ndarray]:
-    """Each fold model's unit-norm image embeddings (N, D) of views (N, 9, S, S)."""
-    from noduleclip.train.cv import fold_outputs
-
-    return [p.image_embeds.detach().cpu().double().numpy() for p in fold_outputs(list(models), views, batch_size)]
-
-
-def ensemble_probabilities(models: Sequence, embeds_per_fold: Sequence, features: Sequence[str],
-                           style: str) -> Probabilities:
-    """{feature: (values, N x V)}: the class softmax of each fold model (its own logit scale), averaged over folds."""
-    prompt_set = build_prompts(style, features=features, include_suspicion=True)
-    total: dict[str, np.ndarray] = {}
-    for model, embeds in zip(models, embeds_per_fold, strict=True):
-        prompt_embeds = model.prompt_embeddings(prompt_set.texts).detach().cpu().double().numpy()
-        similarity = np.asarray(embeds, dtype=np.float64) @ prompt_embeds.T
-        scale = float(model.scale().detach())
-        for feature, (_, p) in prompt_set.probabilities(similarity, scale, prompt_embeddings=prompt_embeds).items():
-            total[feature] = total.get(feature, 0.0) + p
-    return {f: (prompt_set.values(f), total[f] / len(models)) for f in prompt_set.features}
-
-
-def has_text_path(models: Sequence) -> bool:
-    """Whether the models have a text tower (a vision-only run has none: no zero-shot prediction)."""
-    return all(getattr(m, "text", None) is not None for m in models)
+def style_probabilities(ensemble: RunEnsemble, scores: EnsembleScores, features: Sequence[str],
+                        style: str) -> Probabilities:
+    """{feature: (values, N x V)}: the fold models' class softmax with the prompts of `style`, averaged over folds."""
+    return ensemble.zero_shot(scores, build_prompts(style, features=features, include_suspicion=True))
 
 
 def zero_shot_rows(probabilities: Mapping[str, Probabilities], records: Sequence) -> list[dict]:
@@ -111,40 +83,34 @@ def zero_shot_rows(probabilities: Mapping[str, Probabilities], records: Sequence
     return rows
 
 
-def zero_shot_table(models: Sequence, embeds_or_views, records: Sequence, styles: Sequence[str] = STYLES,
-                    include_suspicion: bool = False, batch_size: int = 32) -> list[dict]:
-    """Zero-shot AUROC per labelled feature for the fold ensemble; `embeds_or_views` is a list of per-fold
-    image embeddings (N, D) or the views (N, 9, S, S). Empty for vision-only models or unlabelled features."""
-    if not has_text_path(models):
+def zero_shot_table(ensemble: RunEnsemble, scores_or_views, records: Sequence, styles: Sequence[str] = STYLES,
+                    include_suspicion: bool = False) -> list[dict]:
+    """Zero-shot AUROC per labelled feature for the fold ensemble, from its `score` of the records' views (or the
+    views (N, 9, S, S) themselves). Empty for a vision-only run or when no feature has two labelled classes."""
+    if not ensemble.has_text:
         return []
     features = labelled_features(records, include_suspicion)
     if not features:
         return []
-    embeds = embeds_or_views
-    if getattr(embeds[0], "ndim", np.ndim(embeds[0])) != 2 or len(embeds) != len(models):
-        embeds = image_embeddings(models, embeds_or_views, batch_size)
-    return zero_shot_rows({s: ensemble_probabilities(models, embeds, features, s) for s in styles}, records)
+    scores = scores_or_views if isinstance(scores_or_views, EnsembleScores) else ensemble.score(scores_or_views)
+    return zero_shot_rows({s: style_probabilities(ensemble, scores, features, s) for s in styles}, records)
 
 
-def out_of_fold_zero_shot(models: Sequence, records: Sequence, plan, cache, batch_size: int = 32) -> dict:
-    """Zero-shot AUROC of each fold model (`models[k]`, e.g. from `load_run`) on its own validation nodules.
+def out_of_fold_zero_shot(ensemble: RunEnsemble, records: Sequence, plan, cache) -> dict:
+    """Zero-shot AUROC of each fold model on its own validation nodules.
 
     `plan` is the run's SplitPlan and `cache` the ViewCache holding the nodules' views. No nodule is
     scored by a model that trained on it; the test nodules are left out (score those with the ensemble).
     Returns {"folds": [{"fold": k, "rows": Table 3 rows}], "pooled": Table 3 rows over all folds}.
     """
-    import torch
-
     by_id = {r.nodule_id: r for r in records}
     features = labelled_features([by_id[n] for k in range(plan.n_folds) for n in plan.fold(k)[1]])
     folds, pooled_records, parts = [], [], {s: {} for s in STYLES}
-    for k, model in enumerate(models):
+    for k in range(ensemble.folds):
         val_ids = plan.fold(k)[1]
         fold_records = [by_id[n] for n in val_ids]
-        views = torch.from_numpy(cache.load_many(val_ids))
-        prefix = model.image_prefix(views, batch_size) if model.frozen_image_blocks else None
-        embeds = model.predict(views, batch_size, prefix=prefix).image_embeds.double().numpy()
-        probabilities = {s: ensemble_probabilities([model], [embeds], features, s) for s in STYLES}
+        scores = ensemble.score(cache.load_many(val_ids), folds=[k])
+        probabilities = {s: style_probabilities(ensemble, scores, features, s) for s in STYLES}
         own = set(labelled_features(fold_records))  # the fold's table: features with two values in its nodules
         folds.append({"fold": k, "rows": zero_shot_rows(
             {s: {f: p for f, p in by_feature.items() if f in own} for s, by_feature in probabilities.items()},
@@ -168,30 +134,3 @@ def top_findings(probabilities: Probabilities, i: int, k: int = 3) -> list[str]:
             text = feature.display if feature.kind == BINARY else f"{feature.display} {value}"
             found.append((float(p[i, j]), text))
     return [f"{text} {prob:.2f}" for prob, text in sorted(found, reverse=True)[:k]]
-
-
-def classes_text(classes: Mapping[str, int]) -> str:
-    """'solid (12), part-solid (3)' in schema order."""
-    return ", ".join(f"{value} ({count})" for value, count in classes.items())
-
-
-def zero_shot_blocks(rows: Sequence[dict], styles: Sequence[str] = STYLES, note: str = "") -> list:
-    """The report's Table 3: feature | classes with counts | AUROC for each prompt style."""
-    from noduleclip.report import Table, Text
-
-    if not rows:
-        return [Text(note or "No feature of the schema has two or more classes among this set's known values, "
-                     "so there is nothing to predict zero-shot.")]
-    table = Table(["feature", "classes (count)", "missing"] + [f"AUROC, {STYLE_TITLES[s]}" for s in styles],
-                  [[r["display"], classes_text(r["classes"]), r["n_missing"], *(r["auroc"][s] for s in styles)]
-                   for r in rows],
-                  caption="Zero-shot semantic feature prediction by the fold ensemble (as the paper's Table 3)")
-    explain = Text(
-        "Each class is scored by the cosine similarity of the image embedding with its prompt(s) times the model's "
-        "logit scale, with a softmax over the feature's classes; the fold models' probabilities are averaged. "
-        "Paper's prompts: \"This nodule <feature> is <value>.\", and \"There is <feature>.\" vs \"No findings.\" "
-        "for binary features. Prompt ensembles add the report generator's wordings of each value (class embedding "
-        "= re-normalised mean of its prompt embeddings). AUROC: binary features P(present); categorical features "
-        "one-vs-rest AUROC per class weighted by the class counts, over the classes that occur. Nodules with the "
-        "feature missing are left out. " + note)
-    return [explain, table]

@@ -49,7 +49,8 @@ def read_table(path: str | os.PathLike, what: str) -> tuple[Path, list[str], lis
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [(h or "").strip().lower() for h in reader.fieldnames or []]
-            rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+            rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items() if k is not None}
+                    for r in reader]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{what} {path} is not a readable CSV file ({exc}); save it as UTF-8 CSV") from None
     if not rows:
@@ -73,7 +74,8 @@ def existing_file(raw: str, base: Path, where: str, column: str) -> Path:
     path = Path(raw).expanduser()
     path = path if path.is_absolute() else base / path
     if not path.exists():
-        raise InputError(f"{where}, column {column!r}: {path} does not exist; fix the path (relative paths start at the CSV's folder)")
+        raise InputError(f"{where}, column {column!r}: {path} does not exist; fix the path (relative paths start at "
+                         "the CSV's folder)")
     return path
 
 
@@ -81,17 +83,18 @@ def _coordinates(values: list[str], columns: list[str], where: str) -> dict[str,
     """The three coordinates of a row (all or none), as floats."""
     if all(is_blank(v) for v in values):
         return {}
-    for value, column in zip(values, columns):
+    for value, column in zip(values, columns, strict=True):
         try:
             float(value)
         except ValueError:
             raise InputError(f"{where}, column {column!r}: {value!r} is not a number (world mm, LPS); "
                              "give all three coordinates or none") from None
-    return dict(zip(COORDS, (float(v) for v in values)))
+    return dict(zip(COORDS, (float(v) for v in values), strict=True))
 
 
-def import_crops(csv_path, out, config: LidcConfig = LidcConfig(), crop_centre: bool = False) -> Counter:
+def import_crops(csv_path, out, config: LidcConfig | None = None, crop_centre: bool = False) -> Counter:
     """Write a manifest for a crop CSV; returns the label counts. Any bad row raises InputError naming it."""
+    config = config or LidcConfig()
     path, header, rows = read_table(csv_path, "crop table")
     columns = {name: find_column(header, name) for name in ALIASES}
     if columns["patient_id"] is None or columns["image"] is None:
@@ -112,16 +115,19 @@ def import_crops(csv_path, out, config: LidcConfig = LidcConfig(), crop_centre: 
         if is_blank(nodule_id):
             raise InputError(f"{where}, column {columns['nodule_id']!r}: the nodule id is empty")
         if nodule_id in seen:
-            raise InputError(f"{where}: nodule id {nodule_id!r} repeats row {seen[nodule_id]}; nodule ids must be unique")
+            raise InputError(f"{where}: nodule id {nodule_id!r} repeats row {seen[nodule_id]}; "
+                             "nodule ids must be unique")
         seen[nodule_id] = n
-        out_row = {"patient_id": row[columns["patient_id"]], "nodule_id": nodule_id, "image": path_for_manifest(image, out)}
+        out_row = {"patient_id": row[columns["patient_id"]], "nodule_id": nodule_id,
+                   "image": path_for_manifest(image, out)}
         if all(coord_columns) and not crop_centre:
             out_row.update(_coordinates([row[c] for c in coord_columns], coord_columns, where))
         if not is_blank(row.get("mask")):
             out_row["mask"] = path_for_manifest(existing_file(row["mask"], path.parent, where, "mask"), out)
         extra = {k: v for k, v in row.items() if k not in used and k not in ("mask", "label")}
         parse_features(extra, where)  # schema and LIDC columns: one sentence naming the row and column
-        malignancy = None if is_blank(row.get("malignancy")) else parse_lidc_grade("malignancy", row["malignancy"], where)
+        malignancy = (None if is_blank(row.get("malignancy"))
+                      else parse_lidc_grade("malignancy", row["malignancy"], where))
         if "label" in row:
             label = parse_label(row["label"], where)
         else:

@@ -24,7 +24,16 @@ from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError, NoduleClipError
 from noduleclip.importers.crops import path_for_manifest
 from noduleclip.importers.lidc_xml import (
-    RATING_COLUMNS, LidcConfig, Mark, Roi, SeriesReads, XmlReport, cluster_marks, consensus, key_voxels, place_mark,
+    RATING_COLUMNS,
+    LidcConfig,
+    Mark,
+    Roi,
+    SeriesReads,
+    XmlReport,
+    cluster_marks,
+    consensus,
+    key_voxels,
+    place_mark,
     read_series_reads,
 )
 from noduleclip.io.dicom import DicomSeries, _read_header, slice_geometry
@@ -68,8 +77,8 @@ class LidcImportReport:
                 lines.append(f"{len(items)} {what}: {'; '.join(items[:3])}{more}")
         if self.unplaced_rois:
             lines.append(f"{self.unplaced_rois} contours name a slice that is not in their series; they were left out")
-        lines.append(f"{self.small_marks} marks without a contour (< 3 mm) and {self.below_min_diameter} nodules below the "
-                     f"minimum diameter left out")
+        lines.append(f"{self.small_marks} marks without a contour (< 3 mm) and {self.below_min_diameter} nodules "
+                     f"below the minimum diameter left out")
         return lines + self.warnings
 
 
@@ -101,12 +110,13 @@ def series_geometry(series: DicomSeries) -> tuple[Volume, dict[str, int]]:
     """A geometry-only Volume of the series (zero-stride array) and each slice's index by SOPInstanceUID."""
     slices, origin, spacing, direction = slice_geometry(series, series_folder(series))
     shape = (len(slices), slices[0].rows, slices[0].columns)
-    volume = Volume(np.broadcast_to(np.zeros(1, np.uint8), shape), origin, spacing, direction, str(series_folder(series)))
+    volume = Volume(np.broadcast_to(np.zeros(1, np.uint8), shape), origin, spacing, direction,
+                    str(series_folder(series)))
     return volume, {o.sop_instance_uid: k for k, o in enumerate(slices)}
 
 
 def _patient_id(series: DicomSeries) -> str:
-    import pydicom
+    import pydicom  # imported on first use: loading pydicom takes a quarter second
 
     ds = pydicom.dcmread(series.objects[0].path, stop_before_pixels=True, specific_tags=["PatientID"])
     return str(ds.get("PatientID", "")).strip() or series.uid
@@ -166,9 +176,10 @@ def _row(row: dict, patient_id: str, nodule_id: str, series_uid: str) -> dict:
     return out | {c: row[c] for c in RATING_COLUMNS}
 
 
-def import_lidc(dicom_root, xml_source, out, masks_dir=None, config: LidcConfig = LidcConfig(),
+def import_lidc(dicom_root, xml_source, out, masks_dir=None, config: LidcConfig | None = None,
                 progress: bool = True) -> LidcImportReport:
     """Write a nodule manifest (and consensus masks) for every CT series under `dicom_root` that has reads."""
+    config = config or LidcConfig()
     check_config(config)
     dicom_root, out = Path(dicom_root).expanduser(), Path(out).expanduser()
     if not dicom_root.is_dir():
@@ -180,8 +191,8 @@ def import_lidc(dicom_root, xml_source, out, masks_dir=None, config: LidcConfig 
                          "pass the folder that holds the LIDC CT series")
     reads = read_series_reads(xml_source, report.xml, progress, wanted=set(ct))
     if not reads and not report.xml.not_wanted:
-        raise InputError(f"{xml_source} holds no LIDC CT read (LidcReadMessage) among its {report.xml.files} XML files; "
-                         "pass the LIDC XML folder or tarball")
+        raise InputError(f"{xml_source} holds no LIDC CT read (LidcReadMessage) among its {report.xml.files} XML "
+                         "files; pass the LIDC XML folder or tarball")
     matched = sorted(set(reads) & set(ct))
     report.series_without_xml = sorted(f"{uid} ({series_folder(ct[uid])})" for uid in set(ct) - set(reads))
     report.xml_without_series = sorted(f"{uid} ({name})" for uid, name in report.xml.not_wanted.items())
@@ -213,16 +224,19 @@ def import_lidc(dicom_root, xml_source, out, masks_dir=None, config: LidcConfig 
                 nodule_id = f"{patient_id}_N{per_patient[patient_id]:02d}"
                 row = _row(consensus_row, patient_id, nodule_id, uid)
                 row["image"] = path_for_manifest(folder, out)
-                row.update(zip(("coord_x", "coord_y", "coord_z"), np.round(consensus_row["centroid"], 3).tolist()))
+                row.update(zip(("coord_x", "coord_y", "coord_z"), np.round(consensus_row["centroid"], 3).tolist(),
+                               strict=True))
                 if stage is not None:
                     mask = np.zeros(volume.array.shape, np.uint8)
                     mask[voxels[:, 2], voxels[:, 1], voxels[:, 0]] = 1
-                    write_volume(Volume(mask, volume.origin, volume.spacing, volume.direction), stage / f"{nodule_id}.nii.gz")
+                    write_volume(Volume(mask, volume.origin, volume.spacing, volume.direction),
+                                 stage / f"{nodule_id}.nii.gz")
                     row["mask"] = path_for_manifest(Path(masks_dir).expanduser() / f"{nodule_id}.nii.gz", out)
                 report.labels[row["label"]] += 1
                 rows.append(row)
         if not rows:
-            raise InputError(f"no nodule of at least {config.min_diameter_mm:g} mm in the {len(matched)} matched series; "
+            raise InputError(f"no nodule of at least {config.min_diameter_mm:g} mm in the {len(matched)} matched "
+                             "series; "
                              + ("; ".join(f"{a}: {b}" for a, b in report.bad_series[:2]) or "nothing to write"))
     NoduleManifest.write(out, rows)
     return report
@@ -247,7 +261,7 @@ def _nominal_marks(reads: SeriesReads, pixel_mm: float, report: LidcImportReport
     return _place_marks(reads, lambda roi: index[round(roi.z, 3)], to_mm, report)
 
 
-def lidc_ratings_table(xml_source, config: LidcConfig = LidcConfig(), patient_ids: dict[str, str] | None = None,
+def lidc_ratings_table(xml_source, config: LidcConfig | None = None, patient_ids: dict[str, str] | None = None,
                        progress: bool = False) -> tuple[list[dict], LidcImportReport]:
     """Consensus ratings of every LIDC nodule from the XML alone, with the import report.
 
@@ -255,12 +269,13 @@ def lidc_ratings_table(xml_source, config: LidcConfig = LidcConfig(), patient_id
     (so diameters and the minimum-diameter cut are approximate). `patient_id` comes from `patient_ids`
     (SeriesInstanceUID -> patient) when given, else it is the read's StudyInstanceUID.
     """
+    config = config or LidcConfig()
     check_config(config)
     report = LidcImportReport()
     reads = read_series_reads(xml_source, report.xml, progress)
     if not reads:
-        raise InputError(f"{xml_source} holds no LIDC CT read (LidcReadMessage) among its {report.xml.files} XML files; "
-                         "pass the LIDC XML folder or tarball")
+        raise InputError(f"{xml_source} holds no LIDC CT read (LidcReadMessage) among its {report.xml.files} XML "
+                         "files; pass the LIDC XML folder or tarball")
     rows, per_patient, pixel = [], Counter(), config.nominal_pixel_mm
     for uid in sorted(reads, key=lambda u: ((patient_ids or {}).get(u, reads[u].study_uid), u)):
         patient_id = (patient_ids or {}).get(uid) or reads[uid].study_uid or uid
@@ -276,7 +291,8 @@ def lidc_ratings_table(xml_source, config: LidcConfig = LidcConfig(), patient_id
     return rows, report
 
 
-def read_lidc_ratings(xml_source, malignant_at: int = 4, benign_at: int = 2, min_diameter_mm: float = 3.0) -> list[dict]:
+def read_lidc_ratings(xml_source, malignant_at: int = 4, benign_at: int = 2,
+                      min_diameter_mm: float = 3.0) -> list[dict]:
     """One dict per LIDC nodule (patient_id, nodule_id, series_uid, label, readers, diameter_mm, the nine ratings)."""
     config = LidcConfig(malignant_at=malignant_at, benign_at=benign_at, min_diameter_mm=min_diameter_mm)
     return lidc_ratings_table(xml_source, config)[0]

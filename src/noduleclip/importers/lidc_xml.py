@@ -31,9 +31,9 @@ import re
 import tarfile
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from scipy.spatial.distance import pdist
@@ -114,7 +114,8 @@ class XmlReport:
     def summary(self) -> str:
         other = f"reads of {len(self.not_wanted)} other series not needed, " if self.not_wanted else ""
         return (f"{self.files} XML files: {self.read} CT reads used, {other}{self.skipped_radiograph} chest-radiograph "
-                f"reads skipped, {len(self.bad)} unreadable, {self.duplicate_sessions} duplicate reading sessions dropped")
+                f"reads skipped, {len(self.bad)} unreadable, {self.duplicate_sessions} duplicate reading sessions "
+                "dropped")
 
 
 def iter_xml_files(source: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
@@ -218,7 +219,7 @@ def read_series_reads(source, report: XmlReport | None = None, progress: bool = 
         reads.sources += message.sources
         reads.non_nodules += message.non_nodules
         keys = [_fingerprint(marks) for marks in message.readers]
-        for key, marks in zip(keys, message.readers):
+        for key, marks in zip(keys, message.readers, strict=True):
             if marks and key in reads.fingerprints:  # the same session already read from another file
                 report.duplicate_sessions += 1
                 continue
@@ -231,7 +232,7 @@ def read_series_reads(source, report: XmlReport | None = None, progress: bool = 
 
 def fill_contour(points: np.ndarray, include_edge: bool = True) -> np.ndarray:
     """Pixels (x, y) inside the closed contour through `points`, with or without the contour's own pixels."""
-    from matplotlib.path import Path as PolygonPath
+    from matplotlib.path import Path as PolygonPath  # imported on first use: matplotlib loads slowly
 
     lo = points.min(axis=0)
     width, height = points.max(axis=0) - lo + 1
@@ -277,7 +278,8 @@ def place_mark(nodule: ReaderNodule, slice_of: Callable[[Roi], int | None],
         if k is None or len(roi.points) == 0:
             continue
         pixels = fill_contour(roi.points, include_edge=roi.inclusion)
-        (included if roi.inclusion else excluded).append(voxel_keys(pixels[:, 0], pixels[:, 1], np.full(len(pixels), k)))
+        (included if roi.inclusion else excluded).append(voxel_keys(pixels[:, 0], pixels[:, 1],
+                                                                    np.full(len(pixels), k)))
         if roi.inclusion:
             by_slice.setdefault(k, []).append(roi.points)
     for k, contours in by_slice.items():
@@ -296,8 +298,9 @@ def place_mark(nodule: ReaderNodule, slice_of: Callable[[Roi], int | None],
     return Mark(nodule.reader, dict(nodule.ratings), keys, centroid, diameter)
 
 
-def cluster_marks(marks: list[Mark], config: LidcConfig = LidcConfig()) -> list[list[Mark]]:
+def cluster_marks(marks: list[Mark], config: LidcConfig | None = None) -> list[list[Mark]]:
     """Group marks into nodules (complete linkage, at most one mark per reader; see the module docstring)."""
+    config = config or LidcConfig()
     n = len(marks)
     linked = np.zeros((n, n), dtype=bool)
     pairs = []
@@ -346,7 +349,8 @@ def mode_grade(values: list[int]) -> int:
     return min(v for v, c in counts.items() if c == best)
 
 
-def label_from_malignancy(malignancy: int | None, config: LidcConfig = LidcConfig()) -> int | None:
+def label_from_malignancy(malignancy: int | None, config: LidcConfig | None = None) -> int | None:
+    config = config or LidcConfig()
     if malignancy is None:
         return None
     if malignancy >= config.malignant_at:
@@ -354,12 +358,14 @@ def label_from_malignancy(malignancy: int | None, config: LidcConfig = LidcConfi
     return 0 if malignancy <= config.benign_at else None
 
 
-def consensus(marks: list[Mark], config: LidcConfig = LidcConfig()) -> dict:
+def consensus(marks: list[Mark], config: LidcConfig | None = None) -> dict:
     """A nodule's consensus: ratings, diameter_mm, centroid (mm), readers and label."""
+    config = config or LidcConfig()
     row: dict = {}
     for column in RATING_COLUMNS:
         values = [m.ratings[column] for m in marks if column in m.ratings]
-        row[column] = None if not values else mode_grade(values) if column in CATEGORICAL else median_grade(values, column)
+        row[column] = (None if not values else mode_grade(values) if column in CATEGORICAL
+                       else median_grade(values, column))
     row["diameter_mm"] = round(float(np.median([m.diameter for m in marks])), 2)
     row["centroid"] = np.mean([m.centroid for m in marks], axis=0)
     row["readers"] = len(marks)

@@ -63,7 +63,7 @@ def index_scans(folder: Path) -> dict[str, Path]:
 
 def _dicom_patient_id(folder: Path) -> str | None:
     """PatientID of the first readable DICOM file in a folder, if any."""
-    import pydicom
+    import pydicom  # imported on first use: loading pydicom takes a quarter second
 
     for root, _, files in os.walk(folder):
         for name in sorted(files):
@@ -89,7 +89,8 @@ def import_luna(annotations, images, out, candidates: bool = False) -> LunaRepor
                          f"(found {', '.join(header)})")
     label_column = "label" if "label" in header else ("class" if "class" in header and not candidates else None)
     if candidates and "class" not in header:
-        raise InputError(f"annotation list {path} has no class column, which a candidates list needs; drop --candidates")
+        raise InputError(f"annotation list {path} has no class column, which a candidates list needs; "
+                         "drop --candidates")
     scans, patients = index_scans(images), {}
     report, out_rows, per_series = LunaReport(), [], Counter()
     for n, row in enumerate(rows, start=2):
@@ -104,7 +105,8 @@ def import_luna(annotations, images, out, candidates: bool = False) -> LunaRepor
             try:
                 coords[name] = float(row[columns[name]])
             except ValueError:
-                raise InputError(f"{where}, column {columns[name]!r}: {row[columns[name]]!r} is not a number (mm)") from None
+                raise InputError(f"{where}, column {columns[name]!r}: {row[columns[name]]!r} is not a number "
+                                 "(mm)") from None
         if candidates and parse_label(row["class"], where, "class") != 1:
             report.not_nodules += 1
             continue
@@ -119,7 +121,8 @@ def import_luna(annotations, images, out, candidates: bool = False) -> LunaRepor
                          "image": path_for_manifest(scans[uid], out), "label": label, "series_uid": uid} | coords)
         report.labels[label] += 1
     if not out_rows and not report.missing:
-        raise InputError(f"none of the {len(rows)} rows of {path} is a nodule (class 1); check the list or drop --candidates")
+        raise InputError(f"none of the {len(rows)} rows of {path} is a nodule (class 1); check the list or drop "
+                         "--candidates")
     if not out_rows:
         raise InputError(f"none of the {len(rows)} rows of {path} has a scan under {images} "
                          f"(looked for <seriesuid>{{{','.join(IMAGE_SUFFIXES)}}} files or <seriesuid> folders)")

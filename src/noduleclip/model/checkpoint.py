@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
 from ..atomic import staged_dir
 from ..errors import InputError
 from ..typed_json import read_json_object
-from .model import ModelConfig, NoduleClipModel
+from .model import ModelConfig, NoduleClipModel, create_model_from_config
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
@@ -25,8 +28,6 @@ RANDOM_WARNING = "RANDOM TOWER WEIGHTS: this model's towers are not pretrained; 
 
 def save_model(model: NoduleClipModel, folder: str | Path) -> Path:
     """Write the model's trained weights and configuration into `folder` (atomically); return the folder."""
-    from safetensors.torch import save_file
-
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.saved_state_dict().items()}
     document = {
         "format": FORMAT,
@@ -76,9 +77,6 @@ def check_safetensors_weights(weights: str | Path, where: str) -> None:
 
 def load_model(folder: str | Path, weights: str | Path | None = None, device: str = "cpu") -> NoduleClipModel:
     """Rebuild a saved model (towers from the registry, `weights` or the saved weights path) in eval mode."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     saved, document = read_model_config(folder)
     config = ModelConfig.from_dict(saved.to_dict())
@@ -88,9 +86,7 @@ def load_model(folder: str | Path, weights: str | Path | None = None, device: st
         raise InputError(f"The towers of {folder} were built from {config.weights}, which is gone; pass weights=... .")
     if config.weights is not None:
         check_safetensors_weights(config.weights, str(folder / CONFIG_FILE) if weights is None else "weights=")
-    for name in ("weights_source", "tokenizer", "tower_fingerprint"):
-        setattr(config, name, "")
-    model = NoduleClipModel(config)
+    model = create_model_from_config(config)  # fills in the built fields afresh, from the towers rebuilt here
     if not document.get("towers_saved") and model.config.tower_fingerprint != saved.tower_fingerprint:
         raise InputError(f"The towers rebuilt for {folder} ({model.config.weights_source}) differ from those it was "
                          f"trained with ({saved.weights_source}); pass the same weights.")
@@ -102,9 +98,11 @@ def load_model(folder: str | Path, weights: str | Path | None = None, device: st
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise InputError(f"{folder / WEIGHTS_FILE} does not fit a {config.backbone}/{config.tuning} model "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}); it was saved from another configuration.")
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}); it was saved from another "
+                         "configuration.")
     wrong = [name for name, tensor in state.items() if tensor.shape != expected[name].shape]
     if wrong:
-        raise InputError(f"{folder / WEIGHTS_FILE} has tensors of the wrong shape ({wrong[:3]}); it was saved from another configuration.")
+        raise InputError(f"{folder / WEIGHTS_FILE} has tensors of the wrong shape ({wrong[:3]}); it was saved from "
+                         "another configuration.")
     model.load_state_dict(state, strict=False)
     return model.to(device).eval()

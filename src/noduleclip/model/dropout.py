@@ -45,7 +45,8 @@ class FastDropout(nn.Module):
 
 
 def use_fast_dropout(module: nn.Module) -> int:
-    """Replace every `nn.Dropout` under `module` (LoRA's, the towers', the heads') by `FastDropout`; returns how many."""
+    """Replace every `nn.Dropout` under `module` (LoRA's, the towers', the heads') by `FastDropout`; returns how
+    many."""
     replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):

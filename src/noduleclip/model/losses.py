@@ -50,6 +50,8 @@ class ClipLoss(nn.Module):
 class MalignancyLoss(nn.Module):
     """Cross-entropy over nodules with a known label; labels of -1 are left out, none known gives 0."""
 
+    class_weights: torch.Tensor | None  # a buffer, (2,)
+
     def __init__(self, class_weights: tuple[float, float] | None = None):
         super().__init__()
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
@@ -65,7 +67,8 @@ class MalignancyLoss(nn.Module):
 def log_diameter_target(diameter_mm) -> torch.Tensor:
     """The size head's target: ln(diameter / 10 mm), NaN where the diameter is unknown (or not positive)."""
     diameter = torch.as_tensor(diameter_mm, dtype=torch.float32)
-    return torch.where(diameter > 0, torch.log(diameter.clamp_min(1e-6) / 10.0), torch.full_like(diameter, float("nan")))
+    return torch.where(diameter > 0, torch.log(diameter.clamp_min(1e-6) / 10.0),
+                       torch.full_like(diameter, float("nan")))
 
 
 class SizeLoss(nn.Module):

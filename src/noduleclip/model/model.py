@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
-from dataclasses import asdict, dataclass, field, fields
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from .. import __version__
 from ..errors import InputError
-from .backbones import DEFAULT_BACKBONE, BackboneConfig, get_backbone
+from ..version import __version__
+from .backbones import DEFAULT_BACKBONE, BackboneConfig, config_from_dict, get_backbone
 from .dropout import use_fast_dropout
 from .heads import ProjectionHead, malignancy_head
 from .mil import AttentionMIL
-from .towers import build_towers, tower_fingerprint
+from .towers import Towers, build_towers, tower_fingerprint
 
 TUNING_MODES = ("lora", "probe", "finetune", "vision-only")
 TOWER_PREFIXES = ("vision.", "text.")
@@ -46,8 +49,8 @@ class ModelConfig:
 
     backbone: str = DEFAULT_BACKBONE
     tuning: str = "lora"  # lora | probe | finetune | vision-only (LoRA image tower, no text path)
-    image_size: int | None = None  # None: the backbone's default
-    random_init: bool = False  # True: the towers are NOT pretrained (tests, timing)
+    image_size: int | None = None  # None: the backbone's default (filled in by `resolve_config`)
+    random_init: bool = False  # True: the towers are NOT pretrained (tests, timing; always so for a random backbone)
     weights: str | None = None  # the weights folder/file the towers were built from, if one was given
     embed_dim: int = 256
     mil_hidden_dim: int = 256
@@ -59,27 +62,19 @@ class ModelConfig:
     logit_scale_max: float = math.log(100)
     lora: LoraSettings = field(default_factory=LoraSettings)
     tower_seed: int = 0  # seed of random towers, so that they can be rebuilt exactly
-    weights_source: str = ""  # filled in when built: where the tower weights came from
-    tokenizer: str = ""  # filled in when built: "pretrained", "character-wordpiece" or "none"
-    tower_fingerprint: str = ""  # filled in when built: digest of the tower weights before tuning
+    weights_source: str = ""  # filled in by `create_model`: where the tower weights came from
+    tokenizer: str = ""  # filled in by `create_model`: "pretrained", "character-wordpiece" or "none"
+    tower_fingerprint: str = ""  # filled in by `create_model`: digest of the tower weights before tuning
     package_version: str = __version__
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping, where: str = "the model configuration") -> "ModelConfig":
+    def from_dict(cls, data: Mapping, where: str = "the model configuration") -> ModelConfig:
         """Rebuild a configuration from `to_dict` output (a model.json's "config"), refusing unknown keys, values of
         the wrong type and an unknown backbone in one sentence naming `where`."""
-        from ..typed_json import typed_fields
-        from .backbones import list_backbones
-
-        remedy = "save the model again, or use the noduleclip version that wrote it"
-        config = cls(**typed_fields(cls, data, where, remedy))
-        if config.backbone not in list_backbones():
-            raise InputError(f"{where} names the unknown backbone {config.backbone!r} (known backbones: "
-                             f"{', '.join(list_backbones())}); {remedy}")
-        return config
+        return config_from_dict(cls, data, where, "save the model again, or use the noduleclip version that wrote it")
 
 
 @dataclass
@@ -112,12 +107,16 @@ class ViewTransform(nn.Module):
     patches 6 mm of tissue each; a 24 mm field of view gives them 3 mm, the scale of spicules and lobules.
     """
 
+    scale: torch.Tensor  # buffers: 1 / std and -mean / std, (1, 3, 1, 1)
+    shift: torch.Tensor
+
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], field_of_view: int | None = None):
         super().__init__()
         self.image_size, self.field_of_view = image_size, field_of_view
         std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("scale", 1.0 / std_t, persistent=False)
-        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_t, persistent=False)
+        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_t,
+                             persistent=False)
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         batch, count, height, width = views.shape
@@ -144,38 +143,62 @@ def _lora_targets(model: nn.Module, names: Sequence[str]) -> list[str]:
             if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in names]
 
 
-class NoduleClipModel(nn.Module):
-    """The dual encoder; build it with `create_model` (or `load_model` for a saved one)."""
+def _check_tuning(config: ModelConfig) -> None:
+    if config.tuning not in TUNING_MODES:
+        raise InputError(f"Unknown tuning mode {config.tuning!r}; choose one of {', '.join(TUNING_MODES)}.")
 
-    def __init__(self, config: ModelConfig):
+
+def _check_resolved(config: ModelConfig, backbone: BackboneConfig) -> int:
+    """Refuse a resolved configuration's image size and field of view if they do not fit; return the image size."""
+    if config.image_size is None:
+        raise InputError("The model configuration has no image size; resolve it first with resolve_config (or build "
+                         "the model with create_model).")
+    if config.image_size % backbone.patch_size:
+        raise InputError(f"image_size {config.image_size} is not a multiple of {backbone.name}'s patch size "
+                         f"{backbone.patch_size}; pick e.g. {backbone.image_size}.")
+    if config.field_of_view is not None and config.field_of_view < 8:
+        raise InputError(f"field of view {config.field_of_view} pixels is too small; give at least 8 (or none: "
+                         "the whole view).")
+    return config.image_size
+
+
+def resolve_config(config: ModelConfig) -> ModelConfig:
+    """A copy of `config` with the backbone's defaults filled in (image size; random towers for a backbone without
+    pretrained weights), checked; `config` itself is left as it is."""
+    _check_tuning(config)
+    backbone = get_backbone(config.backbone)
+    resolved = replace(config, lora=replace(config.lora), image_size=config.image_size or backbone.image_size,
+                       random_init=config.random_init or not backbone.has_pretrained_weights)
+    _check_resolved(resolved, backbone)
+    return resolved
+
+
+class NoduleClipModel(nn.Module):
+    """The dual encoder; build it with `create_model` (or `load_model` for a saved one).
+
+    `__init__` only assembles modules: it takes a configuration already resolved by `create_model` (see
+    `resolve_config`) and the towers built for it, and changes neither the configuration nor the tower weights
+    (LoRA adapters are added to the towers' models).
+    """
+
+    def __init__(self, config: ModelConfig, towers: Towers):
         super().__init__()
-        if config.tuning not in TUNING_MODES:
-            raise InputError(f"Unknown tuning mode {config.tuning!r}; choose one of {', '.join(TUNING_MODES)}.")
+        _check_tuning(config)
         backbone: BackboneConfig = get_backbone(config.backbone)
-        config.image_size = config.image_size or backbone.image_size
-        if config.image_size % backbone.patch_size:
-            raise InputError(f"image_size {config.image_size} is not a multiple of {backbone.name}'s patch size "
-                             f"{backbone.patch_size}; pick e.g. {backbone.image_size}.")
-        config.random_init = config.random_init or not backbone.has_pretrained_weights
-        if config.field_of_view is not None and config.field_of_view < 8:
-            raise InputError(f"field of view {config.field_of_view} pixels is too small; give at least 8 (or none: "
-                             "the whole view).")
+        image_size = _check_resolved(config, backbone)
         with_text = config.tuning != "vision-only"
-        towers = build_towers(backbone, config.image_size, weights=config.weights, random_init=config.random_init,
-                              with_text=with_text, seed=config.tower_seed)
-        config.weights_source, config.tokenizer = towers.weights_source, towers.tokenizer_kind
-        config.tower_fingerprint = tower_fingerprint(towers.vision, towers.text)
+        if with_text and towers.text is None:
+            raise InputError(f"A {config.tuning} model needs a text tower, but the towers given have none.")
         self.config, self.backbone = config, backbone
-        self.view_transform = ViewTransform(config.image_size, backbone.image_mean, backbone.image_std,
-                                            config.field_of_view)
+        self.view_transform = ViewTransform(image_size, backbone.image_mean, backbone.image_std, config.field_of_view)
         self.vision = towers.vision
         self.mil = AttentionMIL(self.vision.dim, config.mil_hidden_dim, config.mil_attention_dim)
         self.image_projection = ProjectionHead(self.mil.out_dim, config.embed_dim, config.projection_dropout)
         self.image_head = malignancy_head(config.embed_dim)
         # size made legible: training can ask the image embedding to carry the diameter (see NoduleClipLoss)
         self.size_head = nn.Linear(config.embed_dim, 1) if config.size_head else None
-        self.text = towers.text
-        if with_text:
+        self.text = towers.text if with_text else None
+        if self.text is not None:
             self.text_projection = ProjectionHead(self.text.dim, config.embed_dim, config.projection_dropout)
             self.text_head = malignancy_head(config.embed_dim)
             self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
@@ -185,7 +208,7 @@ class NoduleClipModel(nn.Module):
 
     # -- tuning -------------------------------------------------------------------------------------------
     def _apply_tuning(self) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import LoraConfig, inject_adapter_in_model  # imported on first use: loading peft takes seconds
 
         towers = [tower for tower in (self.vision, self.text) if tower is not None]
         for parameter in self.parameters():
@@ -203,11 +226,13 @@ class NoduleClipModel(nn.Module):
                     raise InputError(f"LoRA image blocks {lora.image_blocks} must be between 1 and the image tower's "
                                      f"{len(tower.blocks)} blocks.")
                 first = len(tower.blocks) - lora.image_blocks
-                targets = [t for t in targets if _block_index(t) is not None and _block_index(t) >= first]
+                targets = [t for t in targets if (block := _block_index(t)) is not None and block >= first]
             if not targets:
-                raise InputError(f"No attention projection named {lora.target_names} in {self.config.backbone}'s towers.")
-            settings = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                  target_modules=targets, bias="none")
+                raise InputError(f"No attention projection named {lora.target_names} in {self.config.backbone}'s "
+                                 "towers.")
+            # peft annotates lora_alpha as int, but it is only used as the float scale alpha / r
+            settings = LoraConfig(r=lora.rank, lora_alpha=lora.alpha,  # type: ignore[arg-type]
+                                  lora_dropout=lora.dropout, target_modules=targets, bias="none")
             inject_adapter_in_model(settings, tower.model)
             for name, parameter in tower.named_parameters():
                 parameter.requires_grad_("lora_" in name)
@@ -245,8 +270,6 @@ class NoduleClipModel(nn.Module):
 
     def image_prefix(self, views: torch.Tensor, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
         """(B, V, tokens, width) output of the frozen image blocks for (B, V, 50, 50) views; see `encode_image`."""
-        from tqdm.auto import tqdm
-
         parts = []
         with self._evaluating():
             for start in tqdm(range(0, views.shape[0], batch_size), desc="frozen image blocks", unit="batch",
@@ -288,6 +311,8 @@ class NoduleClipModel(nn.Module):
 
     def encode_text(self, text: Sequence[str] | Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Texts (or `tokenize` output) -> unit-norm (N, embed_dim) embeddings."""
+        if self.text is None:
+            raise InputError("This model is vision-only: it has no text tower to embed texts with.")
         tokens = self.tokenize(text) if not isinstance(text, Mapping) else text
         device = self.logit_scale.device
         features = self.text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
@@ -295,7 +320,8 @@ class NoduleClipModel(nn.Module):
 
     def forward(self, views: torch.Tensor | None, text: Sequence[str] | Mapping[str, torch.Tensor] | None = None,
                 prefix: torch.Tensor | None = None) -> ModelOutput:
-        """Embed the views or their `prefix` (and the texts, if given and the model has a text path); apply both heads."""
+        """Embed the views or their `prefix` (and the texts, if given and the model has a text path); apply both
+        heads."""
         image_embeds, attention = self.encode_image(views, prefix)
         output = ModelOutput(image_embeds, attention, self.image_head(image_embeds))
         if self.size_head is not None:
@@ -317,14 +343,19 @@ class NoduleClipModel(nn.Module):
         finally:
             self.train(was_training)
 
-    def predict(self, views: torch.Tensor | None, batch_size: int = 32, prefix: torch.Tensor | None = None) -> Prediction:
-        """Image-only inference in eval mode: malignancy probability, embeddings and attention, `batch_size` nodules at a time."""
+    def predict(self, views: torch.Tensor | None, batch_size: int = 32, prefix: torch.Tensor | None = None
+                ) -> Prediction:
+        """Image-only inference in eval mode: malignancy probability, embeddings and attention, `batch_size` nodules
+        at a time."""
         risks, embeds, attentions = [], [], []
         inputs = prefix if prefix is not None else views
+        if inputs is None:
+            raise InputError("Views must be a (nodules, views, height, width) tensor, got None.")
         with self._evaluating():
             for start in range(0, inputs.shape[0], batch_size):
                 part = inputs[start:start + batch_size]
-                image_embeds, attention = self.encode_image(None, part) if prefix is not None else self.encode_image(part)
+                image_embeds, attention = (self.encode_image(None, part) if prefix is not None
+                                           else self.encode_image(part))
                 risks.append(torch.softmax(self.image_head(image_embeds), dim=-1)[:, 1])
                 embeds.append(image_embeds)
                 attentions.append(attention)
@@ -349,19 +380,32 @@ class NoduleClipModel(nn.Module):
         self._prompt_cache = {key: (version, embeds)}
         return embeds
 
-    def zero_shot_logits(self, image_embeds: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """(N nodules, P prompts) cosine similarities times the logit scale; softmax within a feature's prompts."""
-        prompt_embeds = self.prompt_embeddings(prompts)
-        with torch.inference_mode():
-            return self.scale() * image_embeds.to(prompt_embeds) @ prompt_embeds.t()
-
 
 def create_model(name: str = DEFAULT_BACKBONE, tuning: str = "lora", image_size: int | None = None,
-                 weights: str | None = None, random_init: bool = False, **settings) -> NoduleClipModel:
+                 weights: str | os.PathLike[str] | None = None, random_init: bool = False,
+                 **settings: Any) -> NoduleClipModel:
     """Build a model from a registered backbone; `settings` override other ModelConfig fields (e.g. lora=...)."""
     try:
         config = ModelConfig(backbone=name, tuning=tuning, image_size=image_size,
-                             weights=str(weights) if weights is not None else None, random_init=random_init, **settings)
+                             weights=str(weights) if weights is not None else None, random_init=random_init,
+                             **settings)
     except TypeError as error:
-        raise InputError(f"create_model got an unknown setting ({error}); see ModelConfig for the valid ones.") from None
-    return NoduleClipModel(config)
+        raise InputError(f"create_model got an unknown setting ({error}); see ModelConfig for the valid "
+                         "ones.") from None
+    return create_model_from_config(config)
+
+
+def create_model_from_config(config: ModelConfig) -> NoduleClipModel:
+    """Resolve `config` (left unchanged), build its towers and assemble the model around them.
+
+    The model's configuration is the resolved one, with where the tower weights came from, the tokenizer and the
+    towers' fingerprint (taken before any tuning) filled in. Random towers are rebuilt exactly from `tower_seed`.
+    """
+    resolved = resolve_config(config)
+    assert resolved.image_size is not None  # resolve_config fills it in
+    towers = build_towers(get_backbone(resolved.backbone), resolved.image_size, weights=resolved.weights,
+                          random_init=resolved.random_init, with_text=resolved.tuning != "vision-only",
+                          seed=resolved.tower_seed)
+    resolved = replace(resolved, weights_source=towers.weights_source, tokenizer=towers.tokenizer_kind,
+                       tower_fingerprint=tower_fingerprint(towers.vision, towers.text))
+    return NoduleClipModel(resolved, towers)

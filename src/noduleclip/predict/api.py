@@ -10,8 +10,8 @@ The risk is the mean of the fold models' image-head probabilities, mapped throug
 predicts uncalibrated and says so. The semantic profile is zero-shot: the paper's prompts ("This nodule
 margins is spiculated.", "There is cavitation." vs "No findings.") through each fold model's text tower,
 softmax within a feature, averaged over the folds; it lists the features that the training texts gave two
-or more values (a feature the run never saw vary would carry no information). The fold models share their towers' architecture, so
-the towers are built once and each fold's trained weights (adapters, MIL, heads) are swapped in turn.
+or more values (a feature the run never saw vary would carry no information). The fold models are applied by
+`noduleclip.ensemble`, as training and `evaluate` apply them, so all three give the same numbers.
 """
 
 from __future__ import annotations
@@ -19,18 +19,15 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import torch
 
+from noduleclip.ensemble import RunEnsemble
 from noduleclip.errors import InputError
 from noduleclip.io import Volume
-from noduleclip.predict.calibrate import Calibrator, load_calibrator
 from noduleclip.predict.sites import NoduleSite, locate_nodules, read_image
 from noduleclip.preprocess.views import PLANE_NAMES, sample_planes
-from noduleclip.run_folder import read_run_document, train_settings_where
-from noduleclip.semantics.prompts import PAPER, PromptSet, build_prompts
+from noduleclip.semantics.prompts import PAPER, build_prompts
 
 
 @dataclass
@@ -62,117 +59,38 @@ class NodulePrediction:
         }
 
 
-def check_run(run: str | os.PathLike) -> dict:
-    """A run folder's config.json document, after checking (cheaply) that the run and its fold models are there."""
-    from noduleclip.train.config import TrainConfig
-
-    run = Path(run)
-    document = read_run_document(run)
-    for k in range(TrainConfig.from_dict(document["train"], train_settings_where(run)).folds):
-        for part in ("done.json", "best/model.json", "best/model.safetensors"):
-            if not (run / f"fold_{k}" / part).is_file():
-                raise InputError(f"run {run} is incomplete: fold_{k}/{part} is missing; finish it with `noduleclip "
-                                 "train` (same options) or give another run")
-    return document
-
-
-class FoldEnsemble:
-    """The run's fold models: one network, built once, with each fold's trained weights loaded in turn."""
-
-    def __init__(self, run: Path, folds: int, device: str = "cpu"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from noduleclip.model import load_model, read_model_config
-        from noduleclip.model.checkpoint import WEIGHTS_FILE
-
-        first = run / "fold_0" / "best"
-        self.model = load_model(first, device=device)
-        base, base_document = read_model_config(first)
-        expected = {name: tensor.shape for name, tensor in self.model.saved_state_dict().items()}
-        self.states = []
-        for k in range(folds):
-            folder = run / f"fold_{k}" / "best"
-            config, document = read_model_config(folder)
-            same = [getattr(config, n) == getattr(base, n) for n in ("backbone", "tuning", "image_size", "field_of_view", "tower_fingerprint")]
-            if not all(same) or document.get("towers_saved") != base_document.get("towers_saved"):
-                raise InputError(f"{folder} holds another kind of model than fold_0 (backbone, tuning or towers differ); "
-                                 "the run folder mixes runs, so train it again")
-            try:
-                state = load_file(str(folder / WEIGHTS_FILE), device=device)
-            except (SafetensorError, OSError) as error:
-                raise InputError(f"cannot read {folder / WEIGHTS_FILE} ({error}); the run folder is damaged") from None
-            if {name: tensor.shape for name, tensor in state.items()} != expected:
-                raise InputError(f"{folder / WEIGHTS_FILE} does not fit the run's model; the run folder is damaged")
-            self.states.append(state)
-
-    @property
-    def has_text(self) -> bool:
-        return self.model.text is not None
-
-    def run(self, views: torch.Tensor, prompts: PromptSet | None, timings: dict) -> tuple[np.ndarray, np.ndarray, list]:
-        """Per fold: risks (folds, N), attention (folds, N, V) and {feature: (values, N x V probabilities)}."""
-        risks, attention, profiles = [], [], []
-        timings.update(model=0.0, zero_shot=0.0)
-        if prompts is not None:  # the binary features share "No findings.": embed each distinct text once
-            started = time.perf_counter()
-            texts = list(dict.fromkeys(prompts.texts))
-            tokens, rows = self.model.tokenize(texts), [texts.index(t) for t in prompts.texts]
-            timings["zero_shot"] += time.perf_counter() - started
-        for state in self.states:
-            started = time.perf_counter()
-            self.model.load_state_dict(state, strict=False)
-            output = self.model.predict(views)
-            risks.append(output.risk.double().cpu().numpy())
-            attention.append(output.view_attention.double().cpu().numpy())
-            timings["model"] += time.perf_counter() - started
-            if prompts is not None:
-                started = time.perf_counter()
-                with torch.inference_mode():
-                    prompt_embeds = self.model.encode_text(tokens)[rows]
-                    similarity = output.image_embeds.to(prompt_embeds) @ prompt_embeds.t()
-                scale = float(self.model.scale().detach())
-                profiles.append(prompts.probabilities(similarity, scale))
-                timings["zero_shot"] += time.perf_counter() - started
-        return np.stack(risks), np.stack(attention), profiles
-
-
 class NoduleClip:
     """A trained run ready to predict: its fold ensemble, calibrator and zero-shot prompts."""
 
-    def __init__(self, run: Path, document: dict, ensemble: FoldEnsemble, calibrator: Calibrator | None):
-        from noduleclip.train.config import TrainConfig
-
-        self.run, self.document, self.ensemble, self.calibrator = run, document, ensemble, calibrator
-        self.config = TrainConfig.from_dict(document["train"], train_settings_where(run))
+    def __init__(self, ensemble: RunEnsemble):
+        if ensemble.run is None or ensemble.settings is None:
+            raise InputError("NoduleClip needs a run's ensemble; load one with NoduleClip.load(RUN)")
+        self.ensemble, self.run, settings = ensemble, ensemble.run, ensemble.settings
+        self.views = settings.views  # how this run cuts a nodule's nine views
+        self.config = ensemble.network.config  # the fold models' ModelConfig (backbone, tuning, sizes)
+        self.calibrator = ensemble.calibrator
         # the features the training texts described with two or more values (all of them for older runs)
-        trained = document["manifest"].get("text_features")
+        trained = settings.text_features
         self.prompts = build_prompts(PAPER, features=trained) if ensemble.has_text and trained != [] else None
         self.timings: dict[str, float] = {}  # seconds per stage of the last prediction
         self.notes = []
-        if calibrator is None:
-            self.notes.append(f"uncalibrated: run {run} has no calibrator.json; fit one with "
-                              "noduleclip.predict.calibrate_run(RUN)")
-        elif not calibrator.fitted:
-            self.notes.append(f"uncalibrated: {calibrator.reason}")
+        if self.calibrator is None:
+            self.notes.append(f"uncalibrated: run {self.run} has no calibrator.json; fit one with "
+                              "noduleclip.metrics.calibrate_run(RUN)")
+        elif not self.calibrator.fitted:
+            self.notes.append(f"uncalibrated: {self.calibrator.reason}")
         if not ensemble.has_text:
             self.notes.append("no semantic profile: this run is vision-only (it has no text tower)")
         elif self.prompts is None:
-            self.notes.append("no semantic profile: no semantic feature had two or more values in the training manifest")
-        if document.get("model", {}).get("random_init"):
+            self.notes.append("no semantic profile: no semantic feature had two or more values in the training "
+                              "manifest")
+        if settings.random_init:
             self.notes.append("RANDOM TOWER WEIGHTS: this run's towers are not pretrained; for tests and timing only")
 
     @classmethod
-    def load(cls, run: str | os.PathLike, device: str = "cpu") -> "NoduleClip":
+    def load(cls, run: str | os.PathLike, device: str = "cpu") -> NoduleClip:
         """Load a finished run folder of `noduleclip train` (its fold models, best epoch each, and calibrator)."""
-        from noduleclip.train.config import TrainConfig
-
-        run = Path(run)
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"device {device!r} needs a CUDA GPU, and none is available here; use device 'cpu'")
-        document = check_run(run)
-        calibrator = load_calibrator(run)
-        return cls(run, document, FoldEnsemble(run, TrainConfig.from_dict(document["train"], train_settings_where(run)).folds, device), calibrator)
+        return cls(RunEnsemble.load(run, device))
 
     @property
     def calibration(self) -> str | None:
@@ -195,29 +113,27 @@ class NoduleClip:
         if not sites:
             raise InputError("there are no nodules to predict; give at least one nodule location")
         started = time.perf_counter()
-        views = np.stack([sample_planes(volume, site.center_lps, self.config.views) for site in sites])
+        views = np.stack([sample_planes(volume, site.center_lps, self.views) for site in sites])
         self.timings = {"views": time.perf_counter() - started}
         return self.predict_views(views, sites)
 
     def predict_views(self, views: np.ndarray, sites: list[NoduleSite]) -> list[NodulePrediction]:
         """Predict from the nodules' nine views (N, 9, S, S) in [0, 1], cut with the run's view settings."""
-        fold_risk, attention, profiles = self.ensemble.run(torch.from_numpy(np.asarray(views, np.float32)),
-                                                           self.prompts, self.timings)
-        ensemble = fold_risk.mean(axis=0)
-        risk = self.calibrator.apply(ensemble) if self.calibration else ensemble
-        attention = attention.mean(axis=0)
+        scores = self.ensemble.score(np.asarray(views, np.float32))
+        self.timings["model"] = self.ensemble.timings["model"]
+        profile = self.ensemble.zero_shot(scores, self.prompts) if self.prompts is not None else {}
+        self.timings["zero_shot"] = self.ensemble.timings.get("zero_shot", 0.0) if profile else 0.0
+        ensemble, attention = scores.risk, scores.attention
+        risk = self.ensemble.calibrated(ensemble)
         predictions = []
         for i, site in enumerate(sites):
-            distribution = {}
-            for feature in (self.prompts.features if profiles else ()):
-                values = self.prompts.values(feature)
-                mean = np.mean([profile[feature][1][i] for profile in profiles], axis=0)
-                distribution[feature] = {value: float(p) for value, p in zip(values, mean)}
+            distribution = {feature: {value: float(p) for value, p in zip(values, probabilities[i], strict=True)}
+                            for feature, (values, probabilities) in profile.items()}
             semantics = {f: max(d.items(), key=lambda item: item[1]) for f, d in distribution.items()}
             predictions.append(NodulePrediction(
                 nodule_id=site.nodule_id, center_lps=tuple(float(c) for c in site.center_lps), risk=float(risk[i]),
-                risk_uncalibrated=float(ensemble[i]), fold_risks=[float(r) for r in fold_risk[:, i]],
+                risk_uncalibrated=float(ensemble[i]), fold_risks=[float(r) for r in scores.fold_risk[:, i]],
                 calibration=self.calibration, semantics=semantics, semantic_distribution=distribution,
-                view_attention={name: float(w) for name, w in zip(PLANE_NAMES, attention[i])},
-                views=np.asarray(views[i]), notes=list(self.notes), field_of_view=self.config.field_of_view))
+                view_attention={name: float(w) for name, w in zip(PLANE_NAMES, attention[i], strict=True)},
+                views=np.asarray(views[i]), notes=list(self.notes), field_of_view=self.ensemble.field_of_view))
         return predictions

@@ -15,13 +15,15 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from noduleclip import __version__
 from noduleclip.atomic import staged_dir, write_csv
 from noduleclip.errors import InputError
 from noduleclip.io import Volume
+from noduleclip.predict import panel as panel_module  # panel_module.draw_panel: looked up at each call
+from noduleclip.predict.sr import build_structured_report
+from noduleclip.version import __version__
 
 PREDICTIONS_FORMAT = "noduleclip-predictions"
 SR_FILE = "structured_report.dcm"
@@ -47,7 +49,7 @@ def predictions_document(predictions: Sequence, volume: Volume, model, panels: S
         "calibration": None if model.calibration is None else {
             "method": calibrator.method, "reason": calibrator.reason, "n_cases": calibrator.n_cases},
         "notes": list(model.notes),
-        "nodules": [{**p.to_dict(), "panel": panel} for p, panel in zip(predictions, panels)],
+        "nodules": [{**p.to_dict(), "panel": panel} for p, panel in zip(predictions, panels, strict=True)],
     }
 
 
@@ -75,9 +77,6 @@ def _readable(folder: Path) -> None:
 def write_outputs(out: str | os.PathLike, predictions: Sequence, volume: Volume, model,
                   dicom_sr: bool = False) -> list[Path]:
     """Write predictions.json, predictions.csv, the panels (and the SR) into `out`; return the files written."""
-    from noduleclip.predict.panel import draw_panel
-    from noduleclip.predict.sr import build_structured_report
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the predictions")
@@ -86,7 +85,7 @@ def write_outputs(out: str | os.PathLike, predictions: Sequence, volume: Volume,
         parameters = [f"run folder {Path(model.run).resolve().name}", f"backbone {model.config.backbone}",
                       f"tuning {model.config.tuning}", f"fold models {len(predictions[0].fold_risks)}",
                       f"calibration {model.calibration or 'none'}"]
-        report = build_structured_report(volume, predictions, model.config.views, parameters)
+        report = build_structured_report(volume, predictions, model.views, parameters)
     taken: set[str] = set()
     panels = [panel_name(p.nodule_id, taken) for p in predictions]
     document = predictions_document(predictions, volume, model, panels)
@@ -95,8 +94,8 @@ def write_outputs(out: str | os.PathLike, predictions: Sequence, volume: Volume,
         with staged_dir(out) as stage:
             (stage / "predictions.json").write_text(json.dumps(document, indent=2) + "\n")
             write_csv(stage / "predictions.csv", *_csv_rows(predictions))
-            for prediction, panel in zip(predictions, panels):
-                draw_panel(prediction, stage / panel, title=Path(volume.source).name)
+            for prediction, panel in zip(predictions, panels, strict=True):
+                panel_module.draw_panel(prediction, stage / panel, title=Path(volume.source).name)
             if report is not None:
                 report.save_as(stage / SR_FILE, enforce_file_format=True)
             _readable(stage)

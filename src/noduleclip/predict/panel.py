@@ -1,9 +1,10 @@
 """One PNG per nodule, readable at a glance: the nine views with their attention, the risk, the semantic profile.
 
 Left, the nine planes through the nodule centre (red cross), each titled with its MIL attention weight,
-the most attended one framed in orange; a dashed square marks what a zoomed model reads (--field-of-view). Right, the malignancy risk in large type with whether it is
-calibrated (and how) or not, the fold models' risks beneath it, then the zero-shot semantic profile: one
-horizontal bar per feature for its most likely value, with the probability written at the bar's end.
+the most attended one framed in orange; a dashed square marks what a zoomed model reads (--field-of-view).
+Right, the malignancy risk in large type with whether it is calibrated (and how) or not, the fold models'
+risks beneath it, then the zero-shot semantic profile: one horizontal bar per feature for its most likely
+value, with the probability written at the bar's end.
 The image is always PANEL_SIZE_PX pixels (no tight cropping), so that reports can lay panels out.
 """
 
@@ -36,7 +37,8 @@ def _draw_risk(ax, prediction) -> None:
     ax.text(0.0, 0.70, percent(prediction.risk), fontsize=48, weight="bold", color=RISK_COLOUR, va="top",
             transform=ax.transAxes)
     if prediction.calibration:
-        status, colour = f"calibrated ({prediction.calibration}); uncalibrated {percent(prediction.risk_uncalibrated)}", "0.25"
+        status = f"calibrated ({prediction.calibration}); uncalibrated {percent(prediction.risk_uncalibrated)}"
+        colour = "0.25"
     else:
         status, colour = "UNCALIBRATED: the fold ensemble's raw probability", WARN_COLOUR
     ax.add_patch(Rectangle((0.0, 0.27), 0.9, 0.045, color="0.9", transform=ax.transAxes))
@@ -59,7 +61,7 @@ def _draw_semantics(ax, prediction) -> None:
     rows = np.arange(len(features))[::-1]
     ax.barh(rows, np.ones_like(probabilities), color="0.93", height=0.72)
     ax.barh(rows, probabilities, color=BAR_COLOUR, height=0.72)
-    for row, p in zip(rows, probabilities):
+    for row, p in zip(rows, probabilities, strict=True):
         ax.text(min(p, 0.86) + 0.015, row, percent(p), va="center", fontsize=9)
     ax.set_yticks(rows, labels, fontsize=10)
     ax.set_xlim(0, 1)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from noduleclip.atomic import plain_cell
+from noduleclip.atomic import number_cell, plain_cell
 from noduleclip.errors import InputError
 from noduleclip.io import Volume, check_looks_like_ct, read_mask, read_volume
 from noduleclip.preprocess.pipeline import check_inside, crop_center
@@ -60,7 +60,8 @@ def _sites_from_coords(coords) -> list[NoduleSite]:
     try:
         points = np.asarray(coords, dtype=np.float64)
     except (TypeError, ValueError):
-        raise InputError(f"coords {coords!r} are not numbers; give [(x, y, z), ...] in world millimetres (LPS)") from None
+        raise InputError(f"coords {coords!r} are not numbers; give [(x, y, z), ...] in world millimetres "
+                         "(LPS)") from None
     points = points.reshape(1, 3) if points.shape == (3,) else points
     if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
         raise InputError(f"coords of shape {points.shape} are not a list of (x, y, z) points; "
@@ -70,23 +71,13 @@ def _sites_from_coords(coords) -> list[NoduleSite]:
     return [NoduleSite(f"n{i + 1}", p, f"nodule n{i + 1} (coordinate {i + 1})") for i, p in enumerate(points)]
 
 
-def _number(row: dict, column: str, where: str) -> float:
-    text = (row.get(column) or "").strip()
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"{where}: {column} {text!r} is not a number; give the centre in world millimetres (LPS)") from None
-    if not np.isfinite(value):
-        raise InputError(f"{where}: {column} {text!r} is not a finite number; give the centre in world millimetres (LPS)")
-    return value
-
-
 def read_nodule_table(path: str | os.PathLike, volume: Volume) -> list[NoduleSite]:
     """Nodules from a CSV: `coord_x, coord_y, coord_z` (LPS mm) or `mask` per row (neither: the centre of a nodule
     crop), optional `nodule_id`."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"nodule table {path} does not exist or is not a file; give a CSV with coord_x, coord_y, coord_z")
+        raise InputError(f"nodule table {path} does not exist or is not a file; give a CSV with coord_x, coord_y, "
+                         "coord_z")
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -105,11 +96,13 @@ def read_nodule_table(path: str | os.PathLike, volume: Volume) -> list[NoduleSit
         where = f"{path.name} row {n}"
         nodule_id = row.get("nodule_id") or f"n{n - 1}"
         if nodule_id in seen:
-            raise InputError(f"{where}: nodule_id {nodule_id!r} repeats row {seen[nodule_id]}; give each nodule its own id")
+            raise InputError(f"{where}: nodule_id {nodule_id!r} repeats row {seen[nodule_id]}; "
+                             "give each nodule its own id")
         seen[nodule_id] = n
         given = has_coords and any(row.get(c) for c in COORD_COLUMNS)
         if given:
-            center = np.array([_number(row, c, where) for c in COORD_COLUMNS])
+            center = np.array([number_cell(row.get(c), f"{where}: {c}", "give the centre in world millimetres (LPS)")
+                               for c in COORD_COLUMNS])
         elif row.get("mask"):
             mask = Path(row["mask"]).expanduser()
             center = _mask_center(mask if mask.is_absolute() else path.resolve().parent / mask, volume, where)

@@ -17,16 +17,16 @@ a model wrote it and nobody has signed it.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from noduleclip import __version__
 from noduleclip.errors import InputError
 from noduleclip.io import Volume
 from noduleclip.predict.sites import is_dicom
 from noduleclip.preprocess.views import ViewConfig, plane_offsets
 from noduleclip.semantics.schema import FEATURE_BY_NAME
+from noduleclip.version import __version__
 
 PRIVATE_SCHEME = "99NODULECLIP"
 SERIES_NUMBER = 9901
@@ -44,7 +44,7 @@ def require_dicom_source(volume: Volume) -> None:
 
 
 def _code(value: str, meaning: str):
-    from highdicom.sr import CodedConcept
+    from highdicom.sr import CodedConcept  # imported on first use: highdicom takes a third of a second
 
     return CodedConcept(value=value, scheme_designator=PRIVATE_SCHEME, meaning=meaning[:64])
 
@@ -55,7 +55,8 @@ FEATURE_CODES = {
     "reticulation": "RETICULATION", "cyst_like_spaces": "CYST-SPACES", "intranodular_bronchiectasis": "BRONCHIECT",
     "necrosis": "NECROSIS", "cavitation": "CAVITATION", "eccentric_calcification": "ECC-CALCIF",
     "airway_cutoff": "AIRWAY-CUTOFF", "pleural_attachment": "PLEURAL-ATT", "vascular_convergence": "VASC-CONV",
-    "septal_stretching": "SEPTAL-STR", "paracicatricial_emphysema": "PARACIC-EMPH", "pleural_retraction": "PLEURAL-RETR",
+    "septal_stretching": "SEPTAL-STR", "paracicatricial_emphysema": "PARACIC-EMPH",
+    "pleural_retraction": "PLEURAL-RETR",
     "calcification_pattern": "CALC-PATTERN", "suspicion": "SUSPICION",
 }
 VALUE_CODES = {"pure ground glass": "PURE-GGO", "semiconsolidation": "SEMICONSOLID",
@@ -77,7 +78,7 @@ def source_slices(volume: Volume, center_lps, config: ViewConfig = ViewConfig())
 
 def _evidence(volume: Volume, slices: Sequence[int]) -> list:
     """Header datasets of the referenced slices, with empty type-2 patient/study attributes where absent."""
-    import pydicom
+    import pydicom  # imported on first use: loading pydicom takes a quarter second
 
     files = volume.metadata["files"]
     headers = []
@@ -91,8 +92,8 @@ def _evidence(volume: Volume, slices: Sequence[int]) -> list:
 
 
 def _semantic_items(prediction) -> tuple[list, list]:
-    from highdicom.sr import Measurement, QualitativeEvaluation
-    from pydicom.sr.codedict import codes
+    from highdicom.sr import Measurement, QualitativeEvaluation  # imported on first use: slow to load
+    from pydicom.sr.codedict import codes  # imported on first use: slow to load
 
     evaluations, measurements = [], []
     for name, (value, probability) in prediction.semantics.items():
@@ -112,8 +113,8 @@ def _semantic_items(prediction) -> tuple[list, list]:
 
 
 def _nodule_group(volume: Volume, prediction, slices: Sequence[int], evidence: dict, algorithm):
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
+    import highdicom as hd  # imported on first use: highdicom takes a third of a second to load
+    from pydicom.sr.codedict import codes  # imported on first use: slow to load
 
     sources = [hd.sr.SourceImageForSegmentation(evidence[k].SOPClassUID, evidence[k].SOPInstanceUID) for k in slices]
     point = hd.sr.VolumeSurface(graphic_type=hd.sr.GraphicTypeValues3D.POINT,
@@ -138,7 +139,7 @@ def _nodule_group(volume: Volume, prediction, slices: Sequence[int], evidence: d
 
 
 def _coding_scheme():
-    from pydicom.dataset import Dataset
+    from pydicom.dataset import Dataset  # imported on first use: loading pydicom takes a quarter second
 
     item = Dataset()
     item.CodingSchemeDesignator = PRIVATE_SCHEME
@@ -151,17 +152,18 @@ def _coding_scheme():
 def build_structured_report(volume: Volume, predictions: Sequence, view_config: ViewConfig = ViewConfig(),
                             parameters: Sequence[str] = ()):
     """A Comprehensive 3D SR (TID 1500) of the nodules of one DICOM CT series, as a pydicom Dataset."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
+    import highdicom as hd  # imported on first use: highdicom takes a third of a second to load
+    from pydicom.sr.codedict import codes  # imported on first use: slow to load
+    from pydicom.uid import generate_uid  # imported on first use: slow to load
 
     require_dicom_source(volume)
     if not predictions:
         raise InputError("a DICOM SR needs at least one nodule prediction")
     slices = {p.nodule_id: source_slices(volume, p.center_lps, view_config) for p in predictions}
     used = sorted({k for ks in slices.values() for k in ks})
-    evidence = dict(zip(used, _evidence(volume, used)))
-    algorithm = hd.sr.AlgorithmIdentification(name="noduleclip", version=__version__, parameters=list(parameters) or None)
+    evidence = dict(zip(used, _evidence(volume, used), strict=True))
+    algorithm = hd.sr.AlgorithmIdentification(name="noduleclip", version=__version__,
+                                              parameters=list(parameters) or None)
     device = hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(entropy_srcs=["noduleclip", __version__]),
                                                        name="noduleclip", manufacturer_name="noduleclip")
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(

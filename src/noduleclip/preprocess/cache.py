@@ -47,7 +47,8 @@ class ViewCache:
             try:
                 found = json.loads(meta_path.read_text())
             except json.JSONDecodeError:
-                raise InputError(f"{meta_path} is not valid JSON; delete the cache folder {self.root} to rebuild it") from None
+                raise InputError(f"{meta_path} is not valid JSON; delete the cache folder {self.root} to rebuild "
+                                 "it") from None
             if found != wanted:
                 raise InputError(
                     f"cache {self.root} was made with other settings ({found.get('views')}); "
@@ -113,7 +114,8 @@ class ViewCache:
         """The nine views of one nodule as float32 (9, size, size)."""
         path = self.path_for(nodule_id)
         if not path.exists():
-            raise InputError(f"nodule {nodule_id!r} is not in the cache {self.root}; run `noduleclip preprocess` on its manifest")
+            raise InputError(f"nodule {nodule_id!r} is not in the cache {self.root}; run `noduleclip preprocess` on "
+                             "its manifest")
         with np.load(path) as data:
             return data["views"].astype(np.float32)
 

@@ -38,14 +38,16 @@ def check_inside(volume: Volume, center_lps, where: str = "nodule") -> None:
     if volume.contains(center):
         return
     lo, hi = volume.world_extent()
-    extent = ", ".join(f"{ax} {a:.1f}..{b:.1f}" for ax, a, b in zip("xyz", lo, hi))
+    extent = ", ".join(f"{ax} {a:.1f}..{b:.1f}" for ax, a, b in zip("xyz", lo, hi, strict=True))
     hints = []
     shape = np.asarray(volume.shape_ijk)
     if np.all(center >= 0) and np.all(center <= shape - 1) and np.allclose(center, np.round(center), atol=1e-6):
         hints.append("the numbers look like voxel indices: give world millimetres")
     if volume.contains(center * np.array([-1.0, -1.0, 1.0])):
-        hints.append("with x and y negated it would fall inside: these look like RAS coordinates, the manifest wants LPS")
-    hint = "; " + "; ".join(hints) if hints else "; check that it is in world millimetres (LPS) and belongs to this scan"
+        hints.append("with x and y negated it would fall inside: these look like RAS coordinates, the manifest wants "
+                     "LPS")
+    hint = ("; " + "; ".join(hints) if hints
+            else "; check that it is in world millimetres (LPS) and belongs to this scan")
     raise InputError(
         f"{where}: centre {_fmt_point(center)} mm lies outside the scan {volume.source}, "
         f"whose extent is {extent} mm (LPS){hint}"
@@ -63,9 +65,9 @@ def crop_center(volume: Volume, where: str) -> np.ndarray:
         return volume.center_world()
     size = " x ".join(f"{v:.0f}" for v in fov)
     raise InputError(
-        f"{where}: no coordinates and no mask are given, and the image {volume.source or '(in memory)'} spans {size} mm, "
-        f"so it is a scan, not a nodule crop (under {CROP_MAX_MM:g} mm on every axis) whose centre is the nodule; "
-        f"give coord_x, coord_y, coord_z in world millimetres (LPS) or a mask"
+        f"{where}: no coordinates and no mask are given, and the image {volume.source or '(in memory)'} spans "
+        f"{size} mm, so it is a scan, not a nodule crop (under {CROP_MAX_MM:g} mm on every axis) whose centre is "
+        f"the nodule; give coord_x, coord_y, coord_z in world millimetres (LPS) or a mask"
     )
 
 
@@ -78,7 +80,8 @@ def nodule_center(volume: Volume, record: NoduleRecord) -> np.ndarray:
         try:
             center = mask_centroid(mask)
         except ValueError:
-            raise InputError(f"{record.where}: mask {record.mask} is empty; give a mask with the nodule or coordinates") from None
+            raise InputError(f"{record.where}: mask {record.mask} is empty; give a mask with the nodule or "
+                             "coordinates") from None
     else:
         center = crop_center(volume, record.where)
     try:
@@ -110,7 +113,7 @@ def _process_image(records: list[NoduleRecord], cache: ViewCache) -> list[tuple[
         return [(r.nodule_id, str(exc)) for r in records]
     except Exception as exc:  # an unexpected reader failure must not stop the other scans
         return [(r.nodule_id, f"could not read {records[0].image}: {type(exc).__name__}: {exc}") for r in records]
-    results = []
+    results: list[tuple[str, str | None]] = []
     for record in records:
         try:
             center = nodule_center(volume, record)

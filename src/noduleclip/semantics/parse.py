@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 from noduleclip.errors import InputError
 from noduleclip.semantics.lidc import LIDC_COLUMNS, LIDC_DIAMETER, harmonise_lidc, parse_lidc_grade
-from noduleclip.semantics.schema import FEATURE_BY_NAME, FEATURES, Feature, NUMERIC, is_blank, normalise_value
+from noduleclip.semantics.schema import FEATURE_BY_NAME, FEATURES, NUMERIC, Feature, is_blank, normalise_value
 
 Features = dict[str, "str | float"]
 _LIDC_READ = tuple(c for c in LIDC_COLUMNS if c != "malignancy")

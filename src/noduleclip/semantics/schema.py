@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from noduleclip.errors import InputError
@@ -198,3 +200,19 @@ def validate_features(features: dict[str, object], where: str = "features") -> d
             if value is not None:
                 out[feature.name] = value
     return out
+
+
+def feature_values(record) -> Mapping:
+    """A record's semantic features: a NoduleRecord's parsed `features`, or a {feature: value} dict as is."""
+    return record.features if hasattr(record, "features") else record
+
+
+def class_counts(records: Sequence, feature: str) -> Counter:
+    """How many records have each value of `feature` (missing values not counted)."""
+    return Counter(str(feature_values(r)[feature]) for r in records if feature_values(r).get(feature) is not None)
+
+
+def labelled_features(records: Sequence, include_suspicion: bool = False) -> list[str]:
+    """Categorical and binary schema features with at least two classes among the records' known values."""
+    return [f.name for f in text_features(include_suspicion)
+            if not f.is_numeric and len(class_counts(records, f.name)) >= 2]

@@ -8,8 +8,8 @@ report text and a hook's output are the user's: this module cannot keep the diag
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from noduleclip.errors import InputError
 from noduleclip.semantics.augment import Augmentation, Seed, augment_text, make_rng

@@ -1,8 +1,8 @@
 """Report-like text from semantic features: findings in varied order and wording, and a short impression.
 
 `generate_report` writes a findings section (every known feature, for display) and an impression
-(what the text tower reads: DESIGN.md, "only the impression part ... went into CLIP's 77-token text
-encoder"). The impression is budgeted: findings enter in order of information (size, consistency,
+(what the text tower reads: the impression alone, within CLIP's 77-token text
+context). The impression is budgeted: findings enter in order of information (size, consistency,
 margins, margin conspicuity, shape, calcification pattern, then the remaining positives, then
 negatives) while the text stays within `token_budget` by `count_tokens`. Missing features are never
 mentioned; the level of suspicion only with `include_suspicion=True`. Deterministic for a seed.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from noduleclip.semantics.augment import Augmentation, Seed, make_rng, substitute_synonyms
 from noduleclip.semantics.phrases import phrasing

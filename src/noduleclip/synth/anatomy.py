@@ -83,7 +83,8 @@ def sample_body(rng: np.random.Generator, prone: bool = False) -> Body:
         (midline - u(24, 30), trachea_y - u(16, 22), u(8, 10), -40.0, 400.0),  # superior vena cava
         (midline + u(3, 7), spine_y - rv - u(5, 8), u(5, 7), -400.0, 400.0),  # oesophagus
     )
-    hila = ((midline - u(38, 44), trachea_y + u(5, 12), u(-25, -12)), (midline + u(40, 46), trachea_y + u(5, 12), u(-30, -15)))
+    hila = ((midline - u(38, 44), trachea_y + u(5, 12), u(-25, -12)),
+            (midline + u(40, 46), trachea_y + u(5, 12), u(-30, -15)))
     return Body(
         half_width=bx, half_depth=by, fat=fat, muscle=muscle, flat=flat, cavity=cavity, midline=midline,
         med_narrow=u(6, 10), med_wide=u(26, 34), spine_y=spine_y, vertebra_radius=rv, trachea=trachea,

@@ -6,7 +6,7 @@
 For each patient: a body, a scan geometry and scanner settings (preset), one to three nodules with
 semantic features, their malignancy drawn from the logistic model of `risk.py`, the CT rendered
 (anatomy, vessels and airways, nodules, findings), acquired (slice profile, kernel, noise) and written
-as DICOM under `images/<patient_id>/`. `manifest.csv` lists every nodule (DESIGN.md's format; world
+as DICOM under `images/<patient_id>/`. `manifest.csv` lists every nodule (the manifest format; world
 LPS coordinates; schema feature columns); `cohort.json` records the settings, the risk model, each
 nodule's true risk and the achieved prevalence. Each patient's random stream depends only on the seed,
 the preset and its index, so the files are byte-identical for a seed whatever the number of workers.
@@ -36,7 +36,14 @@ from noduleclip.synth.findings import paint_findings
 from noduleclip.synth.nodules import render_nodule
 from noduleclip.synth.placement import place_nodules
 from noduleclip.synth.presets import AcquisitionPreset, get_preset
-from noduleclip.synth.risk import BINARY_TERMS, SIZE_PER_DOUBLING, TERMS, calibrate_intercept, malignancy_risk, suspicion_level
+from noduleclip.synth.risk import (
+    BINARY_TERMS,
+    SIZE_PER_DOUBLING,
+    TERMS,
+    calibrate_intercept,
+    malignancy_risk,
+    suspicion_level,
+)
 from noduleclip.synth.scanner import acquire, render_grid, sample_position, sample_scan
 from noduleclip.synth.trees import airway_tree, paint_trees, vessel_tree
 
@@ -88,7 +95,7 @@ def synthesize_patient(job: PatientJob) -> tuple[list[dict], list[dict]]:
     render_anatomy(fine, body, scan.offset, tissue)
     vessels = vessel_tree(rng, body)
     paint_trees(fine, scan.offset, vessels, airway_tree(rng, body, vessels), tissue)
-    for f, place in zip(features, placements):
+    for f, place in zip(features, placements, strict=True):
         outline = render_nodule(fine, f, place, tissue, rng)
         paint_findings(fine, f, place, outline, tissue, rng)
     hu = acquire(fine, scan, rng)
@@ -99,7 +106,8 @@ def synthesize_patient(job: PatientJob) -> tuple[list[dict], list[dict]]:
     )
     write_series(Path(job.folder) / "images" / pid, hu, scan, who)
     rows, truth = [], []
-    for n, (f, place, risk, label, suspicion) in enumerate(zip(features, placements, risks, labels, suspicions)):
+    for n, (f, place, risk, label, suspicion) in enumerate(zip(features, placements, risks, labels, suspicions,
+                                                               strict=True)):
         nid = f"{pid}-n{n + 1}"
         coord = [round(float(v), 3) for v in place.centre]
         rows.append({
@@ -111,7 +119,8 @@ def synthesize_patient(job: PatientJob) -> tuple[list[dict], list[dict]]:
             "nodule_id": nid, "risk": round(risk, 5), "label": label, "pleura_distance_mm":
             None if place.pleura_distance is None else round(place.pleura_distance, 2),
             "patient_position": scan.position, "tilt_deg": scan.tilt_deg,
-            "slice_thickness_mm": scan.thickness, "pixel_spacing_mm": scan.spacing[0], "noise_hu": round(scan.noise_hu, 2),
+            "slice_thickness_mm": scan.thickness, "pixel_spacing_mm": scan.spacing[0],
+            "noise_hu": round(scan.noise_hu, 2),
         })
     return rows, truth
 
@@ -128,7 +137,8 @@ def _check(out: Path, patients: int, seed: int, workers: int, prevalence: float 
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} is an existing file; give a new or empty folder for the cohort")
     if out.is_dir() and not overwrite and any(not p.name.startswith(".staging-") for p in out.iterdir()):
-        raise InputError(f"output folder {out} is not empty; choose a new folder or pass --overwrite to replace its cohort")
+        raise InputError(f"output folder {out} is not empty; choose a new folder or pass --overwrite to replace its "
+                         "cohort")
 
 
 def make_cohort(out: str | os.PathLike, patients: int, seed: int = 0, preset: str | AcquisitionPreset = "screening",

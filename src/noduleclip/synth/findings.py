@@ -55,7 +55,8 @@ def paint_findings(volume: Volume, f: NoduleFeatures, place: Placement, outline:
     if f.paracicatricial_emphysema:
         for _ in range(int(rng.integers(3, 7))):
             e = random_unit(rng)
-            paint_ball(volume, surface(e) + e * rng.uniform(1.5, 5.0), rng.uniform(2.0, 4.5), AIR + 12, "min", only_below=-600)
+            paint_ball(volume, surface(e) + e * rng.uniform(1.5, 5.0), rng.uniform(2.0, 4.5), AIR + 12, "min",
+                       only_below=-600)
     if f.pleural_retraction != "absent" and place.pleura_normal is not None:
         _retraction(volume, f, place, surface, tissue, rng)
 

@@ -27,7 +27,15 @@ from scipy.special import erfc
 from noduleclip.io.volume import Volume
 from noduleclip.synth.anatomy import AIR, Tissue
 from noduleclip.synth.features import NoduleFeatures
-from noduleclip.synth.raster import box_coords, composite, random_rotation, random_unit, smooth_noise, tube_occupancy, voxel_edge
+from noduleclip.synth.raster import (
+    box_coords,
+    composite,
+    random_rotation,
+    random_unit,
+    smooth_noise,
+    tube_occupancy,
+    voxel_edge,
+)
 
 
 def fibonacci_sphere(n: int) -> np.ndarray:
@@ -86,7 +94,7 @@ class Outline:
             level = qn * np.log(np.exp(kappa * dots).sum(axis=0)) / kappa
         rho = np.sqrt(U * U + V * V + W * W) + 1e-9
         pert = np.zeros_like(rho)
-        for d, amp, w2 in zip(self.bump_dirs, self.bump_amps, self.bump_widths2):
+        for d, amp, w2 in zip(self.bump_dirs, self.bump_amps, self.bump_widths2, strict=True):
             pert += amp * np.exp(((U * d[0] + V * d[1] + W * d[2]) / rho - 1.0) / w2)
         return level / np.maximum(1.0 + pert, 0.3) * self.gain
 
@@ -138,7 +146,8 @@ def _outline_occ(outline: Outline, U, V, W, centre, sigma: float):
     return _edge_occ(rho * (1.0 - 1.0 / outline.level(du, dv, dw)), sigma)
 
 
-def render_nodule(volume: Volume, f: NoduleFeatures, place: Placement, tissue: Tissue, rng: np.random.Generator) -> Outline:
+def render_nodule(volume: Volume, f: NoduleFeatures, place: Placement, tissue: Tissue,
+                  rng: np.random.Generator) -> Outline:
     """Paint the nodule body and its internal findings; returns the outline for the outer findings."""
     edge = voxel_edge(volume)
     a, b, c = place.semi_axes

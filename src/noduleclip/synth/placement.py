@@ -88,7 +88,8 @@ def place_nodules(rng: np.random.Generator, body: Body, scan: Scan, features: li
             cx, cdepth = cavity_axes(body, (z_lo + z_hi) / 2.0)
             for attempt in range(tries):
                 need = a + 8.0 if attempt < tries // 2 else 0.6 * a
-                centre = np.array([rng.uniform(-cx, cx), body.cavity[2] + rng.uniform(-cdepth, cdepth), rng.uniform(z_lo, z_hi)])
+                centre = np.array([rng.uniform(-cx, cx), body.cavity[2] + rng.uniform(-cdepth, cdepth),
+                                   rng.uniform(z_lo, z_hi)])
                 if _depth(body, centre) < need or min(np.linalg.norm(centre - np.asarray(h)) for h in body.hila) < 30.0:
                     continue
                 world = centre + scan.offset

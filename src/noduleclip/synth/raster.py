@@ -9,6 +9,7 @@ or "over" (replaces whatever was there).
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from noduleclip.io.volume import Volume
 
@@ -42,7 +43,7 @@ def _index_box(volume: Volume, lo, hi):
 
 
 def _coords(volume: Volume, start, stop):
-    i, j, k = (np.arange(a, b, dtype=np.float32) for a, b in zip(start, stop))
+    i, j, k = (np.arange(a, b, dtype=np.float32) for a, b in zip(start, stop, strict=True))
     axes = (i[None, None, :], j[None, :, None], k[:, None, None])
     m = volume.index_to_world_matrix
     coords = []
@@ -130,8 +131,6 @@ def paint_tubes(volume: Volume, starts, ends, r0, r1, value: float, mode: str = 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_voxels) -> np.ndarray:
     """Gaussian-smoothed white noise scaled to unit standard deviation (a texture field)."""
-    from scipy.ndimage import gaussian_filter
-
     field = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_voxels, mode="wrap")
     return field / (field.std() + 1e-6)
 

@@ -68,7 +68,8 @@ def sample_position(rng: np.random.Generator, preset: AcquisitionPreset) -> tupl
     return kind, 0.0
 
 
-def sample_scan(rng: np.random.Generator, preset: AcquisitionPreset, body: Body, position: str, tilt_deg: float) -> Scan:
+def sample_scan(rng: np.random.Generator, preset: AcquisitionPreset, body: Body, position: str,
+                tilt_deg: float) -> Scan:
     """Draw the scan geometry and settings for one patient."""
     thickness = float(rng.choice(preset.slice_thickness_mm))
     length = rng.uniform(*preset.z_extent_mm)

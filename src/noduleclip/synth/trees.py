@@ -30,7 +30,8 @@ class Tube:
 
 
 def grow_tree(rng: np.random.Generator, body: Body, hilum, roots, r_min: float, max_tubes: int) -> list[Tube]:
-    """Grow tubes from `roots` [(direction, radius)] at `hilum`, a generation at a time, until they thin below `r_min`."""
+    """Grow tubes from `roots` [(direction, radius)] at `hilum`, a generation at a time, until they thin below
+    `r_min`."""
     hilum = np.asarray(hilum, float)
     starts = np.repeat(hilum[None, :], len(roots), axis=0)
     dirs = np.array([np.asarray(d, float) / np.linalg.norm(d) for d, _ in roots])
@@ -54,7 +55,7 @@ def grow_tree(rng: np.random.Generator, body: Body, hilum, roots, r_min: float, 
             lengths[todo[~good]] *= 0.7
         keep = np.flatnonzero(placed)[: max_tubes - len(tubes)]
         r_end = radii[keep] * 0.93
-        tubes += [Tube(starts[q], ends[q], radii[q], r, int(ids[q])) for q, r in zip(keep, r_end)]
+        tubes += [Tube(starts[q], ends[q], radii[q], r, int(ids[q])) for q, r in zip(keep, r_end, strict=True)]
         grow = r_end * 0.8 >= r_min
         keep, r_end = keep[grow], r_end[grow]
         outward = ends[keep] - hilum
@@ -78,7 +79,7 @@ def vessel_tree(rng: np.random.Generator, body: Body, max_tubes: int = 1100) -> 
     tx, ty, _ = body.trachea
     trunk_top = np.array([body.midline + 16.0, ty - 14.0, -22.0])
     tubes = [Tube(np.array([body.midline + 22.0, ty - 34.0, -60.0]), trunk_top, 13.0, 12.0, -1)]
-    for side, hilum in zip((-1.0, 1.0), body.hila):
+    for side, hilum in zip((-1.0, 1.0), body.hila, strict=True):
         hilum = np.asarray(hilum, float)
         tubes.append(Tube(trunk_top, hilum, 10.0, 8.0, -1))
         roots = [
@@ -98,7 +99,7 @@ def airway_tree(rng: np.random.Generator, body: Body, vessels: list[Tube]) -> li
     carina = np.array([tx, ty, 0.0])
     airways: list[Tube] = []
     shifts: dict[tuple[int, int], np.ndarray] = {}
-    for side, hilum in zip((-1.0, 1.0), body.hila):
+    for hilum in body.hila:
         hilum = np.asarray(hilum, float)
         airways.append(Tube(carina, hilum + np.array([0.0, 4.0, 4.0]), 0.72 * tr, 0.6 * tr, -1))
     for tube in vessels:

@@ -1,9 +1,10 @@
-"""Training: patient-level cross-validation, one model per fold, the fold ensemble, resumable runs.
+"""Training: patient-level cross-validation, one model per fold, the fold ensemble on the test set, resumable runs.
 
-    from noduleclip.train import TrainConfig, train_run, load_run, ensemble_predict
+    from noduleclip.train import TrainConfig, train_run
     result = train_run("manifest.csv", "runs/a", TrainConfig(epochs=20))
     print(result.summary)
-    config, models = load_run("runs/a"); risk = ensemble_predict(models, views)
+
+A finished run is applied with `noduleclip.ensemble.RunEnsemble.load("runs/a")`.
 
 Names are imported on first use, so that `noduleclip.train.splits` stays light (no torch).
 """
@@ -12,7 +13,7 @@ import importlib
 
 _EXPORTS = {
     "TrainConfig": "config",
-    "RunResult": "cv", "train_run": "cv", "load_run": "cv", "ensemble_predict": "cv", "fold_predictions": "cv",
+    "RunResult": "cv", "train_run": "cv",
     "EpochBatches": "dataset", "NoduleDataset": "dataset", "class_weights": "dataset",
     "sampling_weights": "dataset", "semantic_weights": "dataset",
     "SplitPlan": "splits", "make_splits": "splits",

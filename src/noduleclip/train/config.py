@@ -8,11 +8,15 @@ number of data-loading workers, are left out of that comparison).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
+
+import torch
 
 from noduleclip.errors import InputError
 from noduleclip.model import DEFAULT_BACKBONE, TUNING_MODES, LoraSettings
+from noduleclip.model.backbones import config_from_dict
 from noduleclip.model.checkpoint import check_safetensors_weights
 from noduleclip.preprocess.views import ViewConfig
 
@@ -30,8 +34,6 @@ def native_bf16(cpuinfo: str | None = None) -> bool:
     There autocast to bf16 makes a training step about 1.4x faster (benchmarks/mixed_precision.py); elsewhere
     the CPU emulates bf16 and is slower than float32. `cpuinfo`: the text of /proc/cpuinfo (read when None).
     """
-    import torch
-
     if cpuinfo is None:
         if torch.cuda.is_available():
             return torch.cuda.is_bf16_supported()
@@ -68,7 +70,8 @@ class TrainConfig:
         "a CPU speed-up (default: every block, as the paper)", type=int)
     projection_dropout: float = _option(0.1, "dropout in the projection heads")
     field_of_view: int | None = _option(
-        None, "zoom: only the central N x N mm of each 50 mm view go to the encoder (default: the whole view)", type=int)
+        None, "zoom: only the central N x N mm of each 50 mm view go to the encoder (default: the whole view)",
+        type=int)
     size_weight: float = _option(0.0, "weight of an auxiliary loss that regresses each nodule's log-diameter (the "
                                  "manifest's diameter) from the image embedding, so that it carries size (0: off)")
     # protocol
@@ -90,8 +93,8 @@ class TrainConfig:
     augment_variants: int = _option(4, "with frozen bottom image blocks and image augmentation: versions of each "
                                     "nodule whose frozen-block output is computed once and held in memory (the "
                                     "first is the nodule as it is); each epoch reads one of them")
-    mixed_precision: str = _option("no", "autocast precision (fp16 needs a CUDA GPU; bf16 runs on GPUs and recent CPUs)",
-                                   choices=MIXED_PRECISION)
+    mixed_precision: str = _option("no", "autocast precision (fp16 needs a CUDA GPU; bf16 runs on GPUs and recent "
+                                   "CPUs)", choices=MIXED_PRECISION)
     # evaluation
     bootstrap: int = _option(1000, "bootstrap resamples for the 95% confidence intervals (0: none)")
     # speed and housekeeping (do not change the result)
@@ -104,7 +107,7 @@ class TrainConfig:
     progress: bool = _option(True, "show progress bars")
     views: ViewConfig = field(default_factory=ViewConfig, metadata={"help": "how the nine views are cut"})
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise InputError for a setting that cannot work; return self."""
         checks = [
             (self.tuning in TUNING_MODES, f"tuning {self.tuning!r} is not one of {', '.join(TUNING_MODES)}"),
@@ -154,24 +157,18 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping, where: str = "the run's training configuration") -> "TrainConfig":
+    def from_dict(cls, data: Mapping, where: str = "the run's training configuration") -> TrainConfig:
         """Rebuild a configuration from `to_dict` output (e.g. a run's config.json), refusing unknown keys, values
         of the wrong type, an unknown backbone and settings that cannot work in one sentence naming `where`."""
-        from noduleclip.model import list_backbones
-        from noduleclip.typed_json import typed_fields
-
         remedy = "train the run again, or use the noduleclip version that wrote it"
-        config = cls(**typed_fields(cls, data, where, remedy))
-        if config.backbone not in list_backbones():
-            raise InputError(f"{where} names the unknown backbone {config.backbone!r} (known backbones: "
-                             f"{', '.join(list_backbones())}); {remedy}")
+        config = config_from_dict(cls, data, where, remedy)
         try:
             return config.validate()
         except InputError as error:
             raise InputError(f"{where} has a setting that cannot work ({str(error).rsplit('; ', 1)[0]}); "
                              f"{remedy}") from None
 
-    def differences(self, other: "TrainConfig") -> list[str]:
+    def differences(self, other: TrainConfig) -> list[str]:
         """'name: this -> other' for each result-changing setting that differs.
 
         A probe has no adapters: between two probes the LoRA settings change nothing and are left out."""

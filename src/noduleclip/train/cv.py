@@ -1,8 +1,7 @@
 """A training run: patient-level splits, one model per cross-validation fold, the fold ensemble on the test set.
 
     result = train_run("manifest.csv", "runs/a", TrainConfig(epochs=20))
-    config, models = load_run("runs/a")
-    risk = ensemble_predict(models, views)          # views: (N, 9, 50, 50) in [0, 1]
+    risk = RunEnsemble.load("runs/a").score(views).risk   # noduleclip.ensemble; views: (N, 9, 50, 50) in [0, 1]
 
 A run folder holds config.json, splits.csv, log.jsonl, fold_<k>/{best,last,resume}/ and
 fold_<k>/done.json, val_predictions.csv, predictions.csv, patient_predictions.csv, metrics.json,
@@ -19,34 +18,37 @@ any other).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
-from noduleclip import __version__
-from noduleclip.atomic import write_text
-from noduleclip.data.manifest import NoduleManifest
+from noduleclip.atomic import file_sha256, write_text
+from noduleclip.data.manifest import NoduleManifest, record_labels
+from noduleclip.ensemble import RunEnsemble
 from noduleclip.errors import InputError
-from noduleclip.model import NoduleClipModel, Prediction, load_model
-from noduleclip.predict.calibrate import calibrate_run
+from noduleclip.metrics.calibration import calibrate_run
+from noduleclip.model import NoduleClipModel
 from noduleclip.preprocess.cache import ViewCache
-from noduleclip.run_folder import RUN_FORMAT, RUN_FORMAT_VERSION, read_run_document
 from noduleclip.preprocess.pipeline import default_workers, preprocess_manifest
+from noduleclip.run_folder import DONE_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, fold_model_folder, read_run_document
 from noduleclip.semantics import record_features
+from noduleclip.semantics.schema import labelled_features
 from noduleclip.train.config import TrainConfig
 from noduleclip.train.dataset import NoduleDataset, augmented_variants, sampling_weights
-from noduleclip.train.loop import DONE_FILE, FoldData, build_fold_model, device_name, read_done, train_fold
-from noduleclip.train.resume import RunLog, remove_partial_writes, resumed_epochs
+from noduleclip.train.loop import FoldData, build_fold_model, device_name, read_done, train_fold
 from noduleclip.train.results import brief_scores, format_summary, write_results
+from noduleclip.train.resume import RunLog, remove_partial_writes, resumed_epochs
 from noduleclip.train.splits import SplitPlan, make_splits
-
+from noduleclip.version import __version__
 
 
 @dataclass
@@ -59,10 +61,6 @@ class RunResult:
     summary: str
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _check_run_folder(run: Path, config: TrainConfig, manifest_sha: str) -> tuple[dict | None, bool]:
     """The existing run's config.json document (refusing other options or another manifest), or None for a new run,
     and whether the folder holds a run that finished no fold on another manifest (to be started over)."""
@@ -70,8 +68,8 @@ def _check_run_folder(run: Path, config: TrainConfig, manifest_sha: str) -> tupl
         raise InputError(f"--out {run} is a file; give a folder for the run")
     document = read_run_document(run, missing_ok=True)
     if document is None:
-        others = [p.name for p in run.iterdir() if p.name not in ("cache", "splits.csv") and not p.name.startswith(".")] \
-            if run.is_dir() else []
+        others = [p.name for p in run.iterdir()
+                  if p.name not in ("cache", "splits.csv") and not p.name.startswith(".")] if run.is_dir() else []
         if others:
             raise InputError(f"{run} is not empty and is not a noduleclip run folder (it holds {others[0]!r}); "
                              "choose a new --out folder")
@@ -113,18 +111,18 @@ def _report_resume(run: Path, config: TrainConfig) -> None:
         return
     parts = [f"reusing finished {', '.join(finished)}"] if finished else []
     parts += [f"fold_{k} continues from epoch {epochs + 1} of {config.epochs}" if epochs < config.epochs
-              else f"fold_{k} has trained its {epochs} epochs and only its validation remains" for k, epochs in continuing]
+              else f"fold_{k} has trained its {epochs} epochs and only its validation remains"
+              for k, epochs in continuing]
     print(f"resuming run {run}: {'; '.join(parts)}", flush=True)
 
 
 def _describe(config: TrainConfig, manifest: NoduleManifest, manifest_sha: str, model: NoduleClipModel,
               features: list[dict]) -> dict:
-    from noduleclip.evaluate.zero_shot import labelled_features
-
     settings = model.config
+    assert manifest.path is not None  # train_run reads the manifest from its file
     return {
         "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "package_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "train": config.to_dict(),
         "manifest": {"path": str(Path(manifest.path).resolve()), "sha256": manifest_sha, "nodules": len(manifest),
                      "patients": len({r.patient_id for r in manifest}),
@@ -165,10 +163,6 @@ def _views(manifest: NoduleManifest, config: TrainConfig, run: Path, accelerator
 
 
 def _accelerator(config: TrainConfig):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
-
     cuda = torch.cuda.is_available()
     if config.mixed_precision == "fp16" and not cuda:
         raise InputError("mixed precision fp16 needs a CUDA GPU; use --mixed-precision no (or bf16)")
@@ -204,15 +198,11 @@ def _compute_settings(config: TrainConfig):
 
 
 def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: TrainConfig | None = None) -> RunResult:
-    """Train (or resume) the cross-validated fold models of a manifest into the run folder `out`; evaluate the ensemble."""
+    """Train (or resume) the cross-validated fold models of a manifest into the run folder `out`; evaluate the
+    ensemble."""
     config = (config or TrainConfig()).validate()
     run = Path(out)
-    manifest = NoduleManifest.read(manifest_path)
-    if all(r.label is None for r in manifest):
-        raise InputError(f"manifest {manifest_path} has no labels (the label column is empty or absent); training "
-                         "needs malignant (1) and benign (0) nodules")
-    features = [record_features(r) for r in manifest]  # a bad semantic value stops the run before any training
-    manifest_sha = _sha256(Path(manifest_path))
+    manifest, features, manifest_sha = _read_manifest(manifest_path)
     document, restart = _check_run_folder(run, config, manifest_sha)
     with _compute_settings(config):
         accelerator = _accelerator(config)
@@ -230,62 +220,103 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
             raise InputError(f"the towers built now ({described['model']['weights_source']}) differ from those run "
                              f"{run} started with; pass the same weights, or choose a new --out folder")
         if main:
-            run.mkdir(parents=True, exist_ok=True)
-            remove_partial_writes(run, recursive=False)
-            if document is None:
-                write_text(run / "config.json", json.dumps(described, indent=2) + "\n")
-            if not (run / "splits.csv").is_file():
-                plan.write_csv(run / "splits.csv")
+            _start_run_folder(run, plan, described if document is None else None)
         views = _views(manifest, config, run, accelerator)
-        # frozen bottom blocks of the image tower (probing, or LoRA on the top blocks): their output once per nodule
-        prefixed = probe.frozen_image_blocks > 0 and any(read_done(run / f"fold_{k}") is None for k in range(config.folds))
-        variants = prefixed and config.image_augmentation and config.augment_variants > 1
-        # the frozen blocks run under the run's autocast, as the training steps; their output is kept in float32
-        if not prefixed:
-            inputs = views
-        elif not variants:
-            with accelerator.autocast():
-                inputs = probe.image_prefix(views, config.eval_batch_size, progress=config.progress and main).float()
-        else:  # (N, versions, ...), each version written in place: no second copy of all of them at once
-            inputs = None
-            for v, copy in enumerate(augmented_variants(views, config.augment_variants, config.seed)):
-                with accelerator.autocast():
-                    prefix = probe.image_prefix(copy, config.eval_batch_size, progress=config.progress and main)
-                if inputs is None:
-                    inputs = torch.empty((len(views), config.augment_variants, *prefix.shape[1:]))
-                inputs[:, v] = prefix
-        val_inputs = inputs[:, 0] if variants else inputs
+        inputs = _training_inputs(probe, views, config, run, accelerator)
         del probe
-        records, position = manifest.records, {r.nodule_id: i for i, r in enumerate(manifest)}
-        labels = np.array([np.nan if r.label is None else r.label for r in records], dtype=float)
-        log, folds = RunLog(run / "log.jsonl"), []
         if main:
             _report_resume(run, config)
-        for k in range(config.folds):
-            folder = run / f"fold_{k}"
-            done = read_done(folder)
-            if done is None:
-                train_ids, val_ids = plan.fold(k)
-                train_at, val_at = [position[n] for n in train_ids], [position[n] for n in val_ids]
-                train_records = [records[i] for i in train_at]
-                data = FoldData(
-                    train=NoduleDataset(inputs[train_at], train_records, config.seed, k, config.text_augmentation,
-                                        with_text=config.tuning != "vision-only",
-                                        augment_images=config.image_augmentation and not prefixed, variants=variants),
-                    train_weights=sampling_weights(config.sampler, train_records, [features[i] for i in train_at]),
-                    val_ids=val_ids, val_views=val_inputs[val_at], val_labels=labels[val_at], prefixed=prefixed)
-                done = train_fold(k, config, data, folder, log, accelerator, config.folds)
-            folds.append(done)
+        folds = [_fold(k, config, plan, manifest, features, inputs, run, accelerator) for k in range(config.folds)]
         if main:
-            _evaluate(run, config, plan, records, position, views, labels, folds, device_name(accelerator.device))
+            _evaluate(run, config, plan, manifest.records, views, folds, device_name(accelerator.device))
             calibrate_run(run)  # calibrator.json from the out-of-fold predictions just written
         accelerator.wait_for_everyone()
     metrics = json.loads((run / "metrics.json").read_text())
     return RunResult(run, config, metrics, format_summary(metrics))
 
 
-def _evaluate(run, config, plan, records, position, views, labels, folds, device: str) -> None:
-    """Fold models on the test set, out-of-fold validation predictions, metrics (main process)."""
+def _read_manifest(manifest_path) -> tuple[NoduleManifest, list[dict], str]:
+    """The manifest, each nodule's semantic features and the manifest file's digest; a manifest that cannot train
+    (no labels, a bad semantic value) stops the run before any work."""
+    manifest = NoduleManifest.read(manifest_path)
+    if all(r.label is None for r in manifest):
+        raise InputError(f"manifest {manifest_path} has no labels (the label column is empty or absent); training "
+                         "needs malignant (1) and benign (0) nodules")
+    return manifest, [record_features(r) for r in manifest], file_sha256(manifest_path)
+
+
+def _start_run_folder(run: Path, plan: SplitPlan, described: dict | None) -> None:
+    """Create the run folder with config.json (`described`, for a new run) and splits.csv; clear partial writes."""
+    run.mkdir(parents=True, exist_ok=True)
+    remove_partial_writes(run, recursive=False)
+    if described is not None:
+        write_text(run / "config.json", json.dumps(described, indent=2) + "\n")
+    if not (run / "splits.csv").is_file():
+        plan.write_csv(run / "splits.csv")
+
+
+@dataclass
+class _Inputs:
+    """What the fold models train and validate on: the views, or the frozen image blocks' output of them."""
+
+    train: torch.Tensor  # (N, ...) or, with several augmented versions, (N, versions, ...)
+    val: torch.Tensor  # (N, ...): the nodules as they are
+    prefixed: bool  # the frozen bottom image blocks' output instead of the views
+    variants: bool  # `train` holds several augmented versions of each nodule
+
+
+def _training_inputs(probe: NoduleClipModel, views: torch.Tensor, config: TrainConfig, run: Path,
+                     accelerator) -> _Inputs:
+    """The views, or (probing, or LoRA on the top blocks) the frozen bottom blocks' output, once per nodule."""
+    main = accelerator.is_main_process
+    prefixed = probe.frozen_image_blocks > 0 and any(read_done(run / f"fold_{k}") is None for k in range(config.folds))
+    variants = prefixed and config.image_augmentation and config.augment_variants > 1
+    # the frozen blocks run under the run's autocast, as the training steps; their output is kept in float32
+    if not prefixed:
+        return _Inputs(views, views, False, False)
+    if not variants:
+        with accelerator.autocast():
+            inputs = probe.image_prefix(views, config.eval_batch_size, progress=config.progress and main).float()
+        return _Inputs(inputs, inputs, True, False)
+    # (N, versions, ...), each version written in place: no second copy of all of them at once
+    versions: torch.Tensor | None = None
+    for v, copy in enumerate(augmented_variants(views, config.augment_variants, config.seed)):
+        with accelerator.autocast():
+            prefix = probe.image_prefix(copy, config.eval_batch_size, progress=config.progress and main)
+        if versions is None:
+            versions = torch.empty((len(views), config.augment_variants, *prefix.shape[1:]))
+        versions[:, v] = prefix
+    assert versions is not None
+    return _Inputs(versions, versions[:, 0], True, True)
+
+
+def _fold(k: int, config: TrainConfig, plan: SplitPlan, manifest: NoduleManifest, features: list[dict],
+          inputs: _Inputs, run: Path, accelerator) -> dict:
+    """Fold `k`'s done.json document: read back when the fold has finished, else after training it."""
+    folder = run / f"fold_{k}"
+    done = read_done(folder)
+    if done is not None:
+        return done
+    records, position = manifest.records, {r.nodule_id: i for i, r in enumerate(manifest)}
+    train_ids, val_ids = plan.fold(k)
+    train_at, val_at = [position[n] for n in train_ids], [position[n] for n in val_ids]
+    train_records = [records[i] for i in train_at]
+    data = FoldData(
+        train=NoduleDataset(inputs.train[train_at], train_records, config.seed, k, config.text_augmentation,
+                            with_text=config.tuning != "vision-only",
+                            augment_images=config.image_augmentation and not inputs.prefixed,
+                            variants=inputs.variants),
+        train_weights=sampling_weights(config.sampler, train_records, [features[i] for i in train_at]),
+        val_ids=val_ids, val_views=inputs.val[val_at], val_labels=record_labels([records[i] for i in val_at]),
+        prefixed=inputs.prefixed)
+    return train_fold(k, config, data, folder, RunLog(run / "log.jsonl"), accelerator, config.folds)
+
+
+def _evaluate(run: Path, config: TrainConfig, plan: SplitPlan, records: list, views: torch.Tensor, folds: list[dict],
+              device: str) -> None:
+    """The fold ensemble on the test set, the out-of-fold validation predictions and the metrics (main process)."""
+    position = {r.nodule_id: i for i, r in enumerate(records)}
+    labels = record_labels(records)
     val_ids = [n for done in folds for n in done["val"]["nodule_id"]]
     val_at = [position[n] for n in val_ids]
     validation = {
@@ -300,59 +331,7 @@ def _evaluate(run, config, plan, records, position, views, labels, folds, device
     test_ids = plan.test_ids()
     if test_ids:
         test_at = [position[n] for n in test_ids]
-        models = [load_model(run / f"fold_{k}" / "best", device=device) for k in range(config.folds)]
+        ensemble = RunEnsemble.from_folders([fold_model_folder(run, k) for k in range(config.folds)], device)
         test = {"ids": test_ids, "patients": [records[i].patient_id for i in test_at], "labels": labels[test_at],
-                "fold_risk": fold_predictions(models, views[test_at], config.eval_batch_size)}
+                "fold_risk": ensemble.score(views[test_at], config.eval_batch_size).fold_risk}
     write_results(run, test, validation, config.bootstrap, config.seed)
-
-
-def fold_outputs(models: list[NoduleClipModel], views, batch_size: int = 32) -> list[Prediction]:
-    """Each model's image-only `Prediction` (risk, embeddings, attention) for views (N, 9, S, S).
-
-    Fold models of one run share their frozen image blocks: those run once per batch for all of them.
-    """
-    views = torch.as_tensor(np.asarray(views) if not torch.is_tensor(views) else views, dtype=torch.float32)
-    if views.dim() != 4:
-        raise InputError(f"views must be an array of shape (nodules, 9, height, width), got {tuple(views.shape)}")
-    if not _share_frozen_blocks(models):
-        return [model.predict(views, batch_size) for model in models]
-    parts: list[list[Prediction]] = [[] for _ in models]
-    for start in range(0, len(views), batch_size):
-        prefix = models[0].image_prefix(views[start:start + batch_size], batch_size)
-        for k, model in enumerate(models):
-            parts[k].append(model.predict(None, batch_size, prefix=prefix))
-    return [Prediction(torch.cat([p.risk for p in chunks]), torch.cat([p.image_embeds for p in chunks]),
-                       torch.cat([p.view_attention for p in chunks])) for chunks in parts]
-
-
-def fold_predictions(models: list[NoduleClipModel], views, batch_size: int = 32) -> np.ndarray:
-    """(number of models, N) image-head malignancy probabilities of each model for views (N, 9, S, S)."""
-    return np.stack([p.risk.detach().cpu().double().numpy() for p in fold_outputs(models, views, batch_size)])
-
-
-def _share_frozen_blocks(models: list[NoduleClipModel]) -> bool:
-    """Whether the models' image towers have the same frozen bottom blocks (fold models of one run)."""
-    first = models[0]
-    return first.frozen_image_blocks > 0 and all(
-        model.frozen_image_blocks == first.frozen_image_blocks and model.config.backbone == first.config.backbone
-        and model.config.image_size == first.config.image_size and model.config.field_of_view == first.config.field_of_view
-        and model.config.tower_fingerprint == first.config.tower_fingerprint for model in models)
-
-
-def ensemble_predict(models: list[NoduleClipModel], views, batch_size: int = 32) -> np.ndarray:
-    """The fold ensemble's malignancy probability (N,): the mean of the fold models' probabilities."""
-    return fold_predictions(models, views, batch_size).mean(axis=0)
-
-
-def load_run(run: str | os.PathLike, device: str = "cpu") -> tuple[TrainConfig, list[NoduleClipModel]]:
-    """A finished run's configuration and its fold models (each fold's best epoch), in eval mode."""
-    run = Path(run)
-    document = read_run_document(run, missing_ok=True)
-    if document is None:
-        raise InputError(f"{run} is not a noduleclip run folder (no config.json); give the --out folder of a training run")
-    config = TrainConfig.from_dict(document["train"])
-    unfinished = [k for k in range(config.folds) if read_done(run / f"fold_{k}") is None]
-    if unfinished:
-        raise InputError(f"run {run} is unfinished (fold {unfinished[0]} has not finished); run `noduleclip train` "
-                         "on it again with the same options to finish it")
-    return config, [load_model(run / f"fold_{k}" / "best", device=device) for k in range(config.folds)]

@@ -10,7 +10,7 @@ bottom blocks are computed once per nodule, they are computed for a few fixed au
 instead, and each epoch reads one.
 
 Samplers decide which nodules make up an epoch:
-- `semantic`: nodules with rare semantic feature values come more often (DESIGN.md): a nodule's
+- `semantic`: nodules with rare semantic feature values come more often: a nodule's
   weight is the sum, over its known categorical and binary features, of log(1 / frequency of its
   value among the training nodules). Unknown values add nothing; the level of suspicion is left out
   (it is nearly the label). A weight of 0 (only the commonest values) is raised to the smallest
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch

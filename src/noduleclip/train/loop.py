@@ -21,8 +21,10 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,13 +33,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from noduleclip.atomic import write_text
-from noduleclip.evaluate.metrics import classification_metrics
-from noduleclip.model import NoduleClipLoss, NoduleClipModel, create_model, load_model, save_model
+from noduleclip.ensemble import RunEnsemble
+from noduleclip.metrics.classification import classification_metrics
+from noduleclip.model import NoduleClipLoss, NoduleClipModel, create_model, save_model
+from noduleclip.run_folder import DONE_FILE, FOLD_MODEL
 from noduleclip.train.config import TrainConfig
 from noduleclip.train.dataset import SEED_DROPOUT, SEED_INIT, EpochBatches, NoduleDataset, derive_seed
 from noduleclip.train.resume import RunLog, load_resume_state, remove_partial_writes, save_resume_state
-
-DONE_FILE = "done.json"
 
 
 @dataclass
@@ -63,7 +65,8 @@ def device_name(device: torch.device) -> str:
     return "cpu" if device.type == "cpu" else str(device)
 
 
-def predict_risk(model: NoduleClipModel, views: torch.Tensor, batch_size: int = 32, prefixed: bool = False) -> np.ndarray:
+def predict_risk(model: NoduleClipModel, views: torch.Tensor, batch_size: int = 32,
+                 prefixed: bool = False) -> np.ndarray:
     """Image-head malignancy probabilities (N,) as float64 numpy, in eval mode without gradients.
 
     `prefixed`: `views` holds the views' image prefix (the frozen blocks' output) instead of the views.
@@ -75,7 +78,7 @@ def predict_risk(model: NoduleClipModel, views: torch.Tensor, batch_size: int = 
 def validation_scores(labels: np.ndarray, risk: np.ndarray) -> dict:
     """AUROC, AUPRC and the image head's cross-entropy on the labelled validation nodules (None when undefined)."""
     known = ~np.isnan(labels)
-    scores = {"n": int(known.sum()), "auroc": None, "auprc": None, "loss": None}
+    scores: dict[str, float | None] = {"n": int(known.sum()), "auroc": None, "auprc": None, "loss": None}
     if known.any():
         p = np.clip(risk[known], 1e-7, 1 - 1e-7)
         y = labels[known]
@@ -93,10 +96,11 @@ def monitored(scores: dict) -> float | None:
 
 
 def _gather_batch(accelerator, output, labels, sizes):
-    """The whole batch's embeddings, logits (with gradients), labels and size targets, when several processes share it."""
+    """The whole batch's embeddings, logits (with gradients), labels and size targets, when several processes
+    share it."""
     if accelerator.num_processes == 1:
         return output, labels, sizes
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed.nn.functional import all_gather  # needs a torch built with distributed support
 
     def cat(tensor):
         return None if tensor is None else torch.cat(all_gather(tensor.contiguous()), dim=0)
@@ -121,87 +125,142 @@ def _schedule(name: str, total_steps: int):
     return lambda step: 1.0
 
 
-def train_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log: RunLog, accelerator,
-               total_folds: int) -> dict:
-    """Train (or finish training) fold `fold` in `folder`; return its done.json document."""
-    folder = Path(folder)
-    main = accelerator.is_main_process
+class _EpochLoader(Protocol):
+    """The training loader after `accelerator.prepare`: accelerate's DataLoaderShard (or Dispatcher)."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+@dataclass
+class _Fold:
+    """One fold's training state: the (accelerate-prepared) model, optimiser, batches and progress counters."""
+
+    model: torch.nn.Module  # prepared by accelerate (wrapped for data parallelism when several processes run)
+    network: NoduleClipModel  # the model itself
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: EpochBatches
+    loader: _EpochLoader
+    state: dict  # epochs_done, best_epoch, best_monitor, stale_epochs (what the resume file keeps)
+
+
+def _start_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log: RunLog, accelerator) -> _Fold:
+    """The fold's fresh model and optimiser, or the state of its last finished epoch when the fold resumes."""
     model = build_fold_model(config, fold)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     batches = EpochBatches(len(data.train), config.batch_size, config.seed, fold, data.train_weights,
                            processes=accelerator.num_processes)
-    steps_per_epoch = len(batches)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config.schedule, config.epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config.schedule, config.epochs * len(batches)))
     state = load_resume_state(folder / "resume", model, optimizer, scheduler) or {
         "epochs_done": 0, "best_epoch": 0, "best_monitor": None, "stale_epochs": 0}
-    if main:
+    if accelerator.is_main_process:
         remove_partial_writes(folder)
         log.rewind(fold, state["epochs_done"])
     # the items are slices of tensors in memory; workers only pay off when views are not precomputed
     loader = DataLoader(data.train, batch_sampler=batches, num_workers=0 if data.prefixed else config.workers or 0)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    network = accelerator.unwrap_model(model)
-    with_text = network.text is not None
+    prepared, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    return _Fold(prepared, accelerator.unwrap_model(prepared), optimizer, scheduler, batches, loader, state)
+
+
+def _train_epoch(run: _Fold, epoch: int, fold: int, config: TrainConfig, data: FoldData, accelerator, bar) -> dict:
+    """One pass over the fold's training batches; the mean of each loss term."""
+    torch.manual_seed(derive_seed(config.seed, SEED_DROPOUT, fold, epoch))
+    run.loader.set_epoch(epoch)  # accelerate's loader passes its own epoch count on to the sampler: keep them equal
+    run.batches.set_epoch(epoch)
+    data.train.set_epoch(epoch)
+    run.model.train()
+    with_text = run.network.text is not None
     loss_fn = NoduleClipLoss(size_weight=config.size_weight)
-    bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epochs_done"] * steps_per_epoch, unit="step",
-               desc=f"fold {fold + 1}/{total_folds}", disable=not (config.progress and main), dynamic_ncols=True)
-    for epoch in range(state["epochs_done"], config.epochs):
-        if config.patience and state["stale_epochs"] >= config.patience:
-            break
-        started = time.perf_counter()
-        torch.manual_seed(derive_seed(config.seed, SEED_DROPOUT, fold, epoch))
-        loader.set_epoch(epoch)  # accelerate's loader passes its own epoch count on to the sampler: keep them equal
-        batches.set_epoch(epoch)
-        data.train.set_epoch(epoch)
-        model.train()
-        sums, count = {}, 0
-        for batch in loader:
-            tokens = network.tokenize(batch["text"]) if with_text else None
-            with accelerator.autocast(), _training_attention(accelerator):
-                images = dict(views=None, prefix=batch["views"]) if data.prefixed else dict(views=batch["views"])
-                output = model(text=tokens, **images)
-            output, labels, sizes = _gather_batch(accelerator, output, batch["label"], batch["log_diameter"])
-            loss = loss_fn(output, labels, sizes)
-            accelerator.backward(loss.total)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            for name, value in loss.as_floats().items():
-                sums[name] = sums.get(name, 0.0) + value
-            count += 1
-            bar.update(1)
-            bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{loss.total.item():.3f}")
-        risk = predict_risk(network, data.val_views, config.eval_batch_size, data.prefixed)
-        scores = validation_scores(data.val_labels, risk)
-        monitor = monitored(scores)
-        improved = state["best_epoch"] == 0 or (monitor is not None and (state["best_monitor"] is None
-                                                                        or monitor > state["best_monitor"]))
-        if improved:
-            state.update(best_epoch=epoch + 1, best_monitor=monitor, stale_epochs=0)
-        else:
-            state["stale_epochs"] += 1
-        state["epochs_done"] = epoch + 1
-        if main:
-            if improved:
-                save_model(network, folder / "best")
-            save_model(network, folder / "last")
-            log.append({"event": "epoch", "fold": fold, "epoch": epoch + 1, "train": {k: v / max(count, 1)
-                        for k, v in sums.items()}, "val": scores, "best": improved, "lr": scheduler.get_last_lr()[0],
-                        "logit_scale": float(network.scale().detach()) if with_text else None,
-                        "seconds": round(time.perf_counter() - started, 3)})
-            save_resume_state(folder / "resume", network, optimizer, scheduler, state)
-        bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", val_auroc=scores["auroc"], best=state["best_epoch"])
-    bar.close()
-    accelerator.wait_for_everyone()
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in run.loader:
+        tokens = run.network.tokenize(batch["text"]) if with_text else None
+        with accelerator.autocast(), _training_attention(accelerator):
+            images = dict(views=None, prefix=batch["views"]) if data.prefixed else dict(views=batch["views"])
+            output = run.model(text=tokens, **images)
+        output, labels, sizes = _gather_batch(accelerator, output, batch["label"], batch["log_diameter"])
+        loss = loss_fn(output, labels, sizes)
+        accelerator.backward(loss.total)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        for name, value in loss.as_floats().items():
+            sums[name] = sums.get(name, 0.0) + value
+        count += 1
+        bar.update(1)
+        bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{loss.total.item():.3f}")
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _validate(run: _Fold, config: TrainConfig, data: FoldData) -> tuple[dict, bool]:
+    """The epoch's validation scores, and whether they are the fold's best so far (updating the fold's state)."""
+    risk = predict_risk(run.network, data.val_views, config.eval_batch_size, data.prefixed)
+    scores = validation_scores(data.val_labels, risk)
+    monitor, state = monitored(scores), run.state
+    improved = state["best_epoch"] == 0 or (monitor is not None and (state["best_monitor"] is None
+                                                                    or monitor > state["best_monitor"]))
+    if improved:
+        state.update(best_epoch=state["epochs_done"] + 1, best_monitor=monitor, stale_epochs=0)
+    else:
+        state["stale_epochs"] += 1
+    state["epochs_done"] += 1
+    return scores, improved
+
+
+def _save_epoch(run: _Fold, fold: int, folder: Path, log: RunLog, losses: dict, scores: dict, improved: bool,
+                seconds: float) -> None:
+    """best/ (when improved), last/, the log line and the resume file, in that order (main process)."""
+    network = run.network
+    if improved:
+        save_model(network, folder / FOLD_MODEL)
+    save_model(network, folder / "last")
+    log.append({"event": "epoch", "fold": fold, "epoch": run.state["epochs_done"], "train": losses, "val": scores,
+                "best": improved, "lr": run.scheduler.get_last_lr()[0],
+                "logit_scale": float(network.scale().detach()) if network.text is not None else None,
+                "seconds": round(seconds, 3)})
+    save_resume_state(folder / "resume", network, run.optimizer, run.scheduler, run.state)
+
+
+def _finish_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log: RunLog, state: dict,
+                 device: str) -> dict:
+    """done.json: the fold's summary and its best model's predictions on the validation nodules (main process)."""
     done = {"fold": fold, "best_epoch": state["best_epoch"], "best_monitor": state["best_monitor"],
             "epochs_run": state["epochs_done"], "stopped_early": state["epochs_done"] < config.epochs}
+    best = RunEnsemble.from_folders([folder / FOLD_MODEL], device)
+    risk = best.score(data.val_views, config.eval_batch_size, prefixed=data.prefixed).fold_risk[0]
+    done["val"] = {"nodule_id": data.val_ids, "probability": risk.tolist()}
+    log.append({"event": "fold_end", **{k: v for k, v in done.items() if k != "val"}})  # rewound if cut here
+    write_text(folder / DONE_FILE, json.dumps(done) + "\n")
+    return done
+
+
+def train_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log: RunLog, accelerator,
+               total_folds: int) -> dict:
+    """Train (or finish training) fold `fold` in `folder`; return its done.json document."""
+    folder = Path(folder)
+    main = accelerator.is_main_process
+    run = _start_fold(fold, config, data, folder, log, accelerator)
+    steps_per_epoch = len(run.batches)
+    bar = tqdm(total=config.epochs * steps_per_epoch, initial=run.state["epochs_done"] * steps_per_epoch, unit="step",
+               desc=f"fold {fold + 1}/{total_folds}", disable=not (config.progress and main), dynamic_ncols=True)
+    for epoch in range(run.state["epochs_done"], config.epochs):
+        if config.patience and run.state["stale_epochs"] >= config.patience:
+            break
+        started = time.perf_counter()
+        losses = _train_epoch(run, epoch, fold, config, data, accelerator, bar)
+        scores, improved = _validate(run, config, data)
+        if main:
+            _save_epoch(run, fold, folder, log, losses, scores, improved, time.perf_counter() - started)
+        bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", val_auroc=scores["auroc"], best=run.state["best_epoch"])
+    bar.close()
+    accelerator.wait_for_everyone()
+    done = {"fold": fold, "best_epoch": run.state["best_epoch"], "best_monitor": run.state["best_monitor"],
+            "epochs_run": run.state["epochs_done"], "stopped_early": run.state["epochs_done"] < config.epochs}
     if main:
-        best = load_model(folder / "best", device=device_name(accelerator.device))
-        done["val"] = {"nodule_id": data.val_ids,
-                       "probability": predict_risk(best, data.val_views, config.eval_batch_size, data.prefixed).tolist()}
-        log.append({"event": "fold_end", **{k: v for k, v in done.items() if k != "val"}})  # rewound if cut here
-        write_text(folder / DONE_FILE, json.dumps(done) + "\n")
+        done = _finish_fold(fold, config, data, folder, log, run.state, device_name(accelerator.device))
     accelerator.free_memory()
     return done
 

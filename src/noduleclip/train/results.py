@@ -10,13 +10,14 @@ and precision at recall 0.6/0.7/0.8/0.9, at nodule and patient level (`classific
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
-from noduleclip.atomic import write_csv, write_text
-from noduleclip.evaluate.metrics import classification_metrics, jsonable, patient_level
+from noduleclip.atomic import jsonable, write_csv, write_text
+from noduleclip.metrics.classification import classification_metrics, patient_level
 
 RECALLS = (0.6, 0.7, 0.8, 0.9)
 
@@ -29,7 +30,7 @@ def scored_set(ids: Sequence[str], patients: Sequence[str], labels: np.ndarray, 
                bootstrap: int, seed: int) -> dict:
     """Nodule- and patient-level metrics of one set of scores (None metrics with a reason if a class is missing)."""
     _, patient_labels, patient_risk = patient_level(ids, patients, labels, risk)
-    options = dict(recalls=RECALLS, n_bootstrap=bootstrap, seed=seed, allow_single_class=True)
+    options: dict[str, Any] = dict(recalls=RECALLS, n_bootstrap=bootstrap, seed=seed, allow_single_class=True)
     return {
         "nodule": classification_metrics(labels, risk, unit="nodules", **options),
         "patient": classification_metrics(patient_labels, patient_risk, unit="patients", **options),
@@ -85,11 +86,12 @@ def write_predictions(folder: Path, ids: Sequence[str], patients: Sequence[str],
     fold_risk = np.asarray(fold_risk)
     ensemble = fold_risk.mean(axis=0)
     header = ["patient_id", "nodule_id", "label"] + [f"fold_{k}" for k in range(len(fold_risk))] + ["ensemble"]
-    write_csv(folder / "predictions.csv", header, [[p, n, label_text(y), *fold_risk[:, i], ensemble[i]]
-                                                   for i, (p, n, y) in enumerate(zip(patients, ids, labels))])
+    write_csv(folder / "predictions.csv", header,
+              [[p, n, label_text(y), *fold_risk[:, i], ensemble[i]]
+               for i, (p, n, y) in enumerate(zip(patients, ids, labels, strict=True))])
     pids, patient_labels, patient_risk = patient_level(ids, patients, labels, ensemble)
     write_csv(folder / "patient_predictions.csv", ["patient_id", "label", "risk"],
-              [[p, label_text(y), r] for p, y, r in zip(pids, patient_labels, patient_risk)])
+              [[p, label_text(y), r] for p, y, r in zip(pids, patient_labels, patient_risk, strict=True)])
     return ensemble
 
 
@@ -100,7 +102,7 @@ def write_results(run: Path, test: dict | None, validation: dict, bootstrap: int
     ids, patients, labels, risk, fold (one entry per training nodule) and `folds` (done.json summaries).
     """
     val_rows = zip(validation["fold"], validation["patients"], validation["ids"],
-                   map(label_text, validation["labels"]), validation["risk"])
+                   map(label_text, validation["labels"]), validation["risk"], strict=True)
     write_csv(run / "val_predictions.csv", ["fold", "patient_id", "nodule_id", "label", "probability"], list(val_rows))
     val_scores = scored_set(validation["ids"], validation["patients"], validation["labels"], validation["risk"],
                             bootstrap, seed)

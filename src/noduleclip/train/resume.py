@@ -22,6 +22,8 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from noduleclip.atomic import atomic_path, write_text
@@ -38,7 +40,8 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, scalars = {}, {}
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
     for index, entry in state["state"].items():
         scalars[str(index)] = {}
         for name, value in entry.items():
@@ -60,8 +63,6 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 def save_resume_state(folder: str | os.PathLike, model: nn.Module, optimizer, scheduler, progress: dict) -> Path:
     """Write the state to continue training after the epoch just finished; `progress` is JSON-safe."""
-    from safetensors.torch import save_file
-
     weights = {f"model/{name}": tensor for name, tensor in trainable_state(model).items()}
     optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
     document = {"format": FORMAT, "format_version": FORMAT_VERSION, "progress": progress,
@@ -74,8 +75,6 @@ def save_resume_state(folder: str | os.PathLike, model: nn.Module, optimizer, sc
 
 def load_resume_state(folder: str | os.PathLike, model: nn.Module, optimizer, scheduler) -> dict | None:
     """Restore weights, optimizer and scheduler from a resume file; return its `progress`, or None if there is none."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(folder) / STATE_FILE
     if not path.is_file():
         return None
@@ -103,8 +102,6 @@ def load_resume_state(folder: str | os.PathLike, model: nn.Module, optimizer, sc
 
 def resumed_epochs(folder: str | os.PathLike) -> int | None:
     """The number of finished epochs a fold's resume file records, or None without a readable one."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(folder) / STATE_FILE
     if not path.is_file():
         return None

@@ -12,16 +12,17 @@ import csv
 import math
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from noduleclip.atomic import plain_cell, write_csv
+from noduleclip.data.manifest import label_array
 from noduleclip.errors import InputError
-from noduleclip.evaluate.metrics import label_array
 
 SPLIT_COLUMNS = ("patient_id", "nodule_id", "role", "fold")
 ORDINARY_SPLIT_VALUES = {"", "train", "val", "validation"}
@@ -100,7 +101,7 @@ class SplitPlan:
         return write_csv(path, SPLIT_COLUMNS, self.rows)
 
     @classmethod
-    def read_csv(cls, path: str | os.PathLike, check: bool = True) -> "SplitPlan":
+    def read_csv(cls, path: str | os.PathLike, check: bool = True) -> SplitPlan:
         """Read splits.csv; with `check` (default) also refuse leakage (see `check_disjoint`)."""
         path = Path(path)
         if not path.is_file():
@@ -208,10 +209,10 @@ def make_splits(
         )
 
     stratum: dict[str, int] = {}
-    for pid, lab in zip(pids, labels):
+    for pid, lab in zip(pids, labels, strict=True):
         stratum[pid] = max(stratum.get(pid, UNKNOWN), UNKNOWN if np.isnan(lab) else int(lab))
     patients = sorted(stratum)
-    forced = {pid for pid, s in zip(pids, splits) if s == "test"}
+    forced = {pid for pid, s in zip(pids, splits, strict=True) if s == "test"}
 
     test = set(forced)
     if test_fraction > 0:
@@ -241,9 +242,10 @@ def make_splits(
 
     rows = [
         SplitRow(pid, nid, "test", -1) if pid in test else SplitRow(pid, nid, "train", fold_of[pid])
-        for pid, nid in zip(pids, nids)
+        for pid, nid in zip(pids, nids, strict=True)
     ]
-    plan = SplitPlan(rows, n_folds=folds, labels={n: (None if np.isnan(y) else int(y)) for n, y in zip(nids, labels)})
+    plan = SplitPlan(rows, n_folds=folds,
+                     labels={n: (None if np.isnan(y) else int(y)) for n, y in zip(nids, labels, strict=True)})
     plan.check_disjoint()
     return plan
 

@@ -23,9 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import minimize
+from sklearn.isotonic import IsotonicRegression
 
 from noduleclip.atomic import plain_cell, write_text
 from noduleclip.errors import InputError
+from noduleclip.metrics.classification import brier_score
 from noduleclip.typed_json import read_json_object, typed_fields
 
 CALIBRATOR_FILE = "calibrator.json"
@@ -33,7 +36,7 @@ FORMAT = "noduleclip-calibrator"
 FORMAT_VERSION = 1
 METHODS = ("isotonic", "platt", "none")
 _EPS = 1e-6
-_REFIT = "fit it again with noduleclip.predict.calibrate_run(RUN)"
+_REFIT = "fit it again with noduleclip.metrics.calibrate_run(RUN)"
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class Calibrator:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "calibrator") -> "Calibrator":
+    def from_dict(cls, data: dict, where: str = "calibrator") -> Calibrator:
         """A calibrator from `to_dict` output, refusing unknown keys, wrong types and unusable knots in one sentence."""
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             raise InputError(f"{where} is not a noduleclip calibrator of format version {FORMAT_VERSION}; "
@@ -100,7 +103,7 @@ class Calibrator:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Calibrator":
+    def load(cls, path: str | os.PathLike) -> Calibrator:
         """Read a calibrator.json written by `save`."""
         return cls.from_dict(read_json_object(path, _REFIT), str(path))
 
@@ -114,15 +117,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
-def brier_score(risk, labels) -> float:
-    """Mean squared difference between probabilities and 0/1 outcomes."""
-    return float(np.mean((np.asarray(risk, dtype=float) - np.asarray(labels, dtype=float)) ** 2))
-
-
 def _fit_platt(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Platt (1999): logistic fit on logit(score) with smoothed targets; the slope is kept >= 0 (monotone)."""
-    from scipy.optimize import minimize
-
     positives, negatives = labels.sum(), len(labels) - labels.sum()
     target = np.where(labels == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
     z = _logit(scores)
@@ -141,8 +137,6 @@ def _fit_platt(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 
 def _fit_isotonic(scores: np.ndarray, labels: np.ndarray) -> tuple[list[float], list[float]]:
-    from sklearn.isotonic import IsotonicRegression
-
     n = len(labels)
     low, high = 1.0 / (n + 1), n / (n + 1.0)
     fit = IsotonicRegression(y_min=low, y_max=high, increasing=True, out_of_bounds="clip").fit(scores, labels)
@@ -172,8 +166,8 @@ def fit_calibrator(risk, labels, settings: CalibrationSettings = CalibrationSett
         calibrator = Calibrator("platt", f"{counts}: fewer than {settings.min_cases} cases or "
                                 f"{settings.min_per_class} per class, so Platt scaling (logistic on the logit)",
                                 n, positives, slope=slope, intercept=intercept)
-    calibrator.brier_before = brier_score(scores, y)
-    calibrator.brier_after = brier_score(calibrator.apply(scores), y)
+    calibrator.brier_before = brier_score(y, scores)
+    calibrator.brier_after = brier_score(y, calibrator.apply(scores))
     return calibrator
 
 

@@ -7,56 +7,22 @@ of every metric and counted in `n_unknown`.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.calibration import calibration_curve as _sk_calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
+from noduleclip.atomic import jsonable
+from noduleclip.data.manifest import label_array
 from noduleclip.errors import InputError
 
 _BOOTSTRAP_CELLS = 2_000_000  # resamples x cases held in memory at once
 
 
-def jsonable(value: Any) -> Any:
-    """`value` with numpy scalars/arrays turned into plain Python, NaN/inf into None (for json.dumps)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def _label_value(value: Any) -> float:
-    if value is None or (isinstance(value, str) and value.strip() == "") or str(value) == "<NA>":
-        return np.nan  # None, an empty CSV cell, pandas' NA
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"label {value!r} is not 1 (malignant), 0 (benign) or unknown (NaN, None, -1)") from None
-
-
-def label_array(y_true: Sequence) -> np.ndarray:
-    """Labels as floats: 1.0, 0.0, or NaN for unknown (NaN, None, -1, empty); anything else is an InputError."""
-    y = np.array([_label_value(v) for v in np.ravel(np.asarray(y_true, dtype=object))], dtype=float)
-    y[y == -1] = np.nan
-    bad = ~np.isnan(y) & (y != 0) & (y != 1)
-    if bad.any():
-        raise InputError(
-            f"label {y[bad][0]:g} at position {int(np.flatnonzero(bad)[0])} is not 1 (malignant), "
-            "0 (benign) or unknown (NaN, None, -1)"
-        )
-    return y
-
-
-def known_cases(y_true: Sequence, y_score: Sequence) -> tuple[np.ndarray, np.ndarray, int]:
+def known_cases(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray, int]:
     """(labels as int 0/1, scores, number of unknown labels left out), after checking shapes and scores."""
     y = label_array(y_true)
     s = np.asarray(y_score, dtype=float).ravel()
@@ -135,8 +101,8 @@ def operating_points(y: np.ndarray, s: np.ndarray, recalls: Sequence[float]) -> 
 
 
 def classification_metrics(
-    y_true: Sequence,
-    y_score: Sequence,
+    y_true: ArrayLike,
+    y_score: ArrayLike,
     recalls: Sequence[float] = (0.6, 0.7, 0.8, 0.9),
     n_bootstrap: int = 1000,
     seed: int = 0,
@@ -189,7 +155,7 @@ def classification_metrics(
 
 
 def patient_level(
-    nodule_ids: Sequence, patient_ids: Sequence, y_true: Sequence, y_score: Sequence
+    nodule_ids: Sequence, patient_ids: Sequence, y_true: ArrayLike, y_score: ArrayLike
 ) -> tuple[list, np.ndarray, np.ndarray]:
     """(patient ids in order of first appearance, patient labels, patient risks).
 
@@ -214,14 +180,14 @@ def patient_level(
         raise InputError(f"nodule {nodule_ids[bad]!r} has score {s[bad]}; every nodule needs a finite score")
     risk: dict = {}
     label: dict = {}
-    for pid, lab, score in zip(patient_ids, y, s):
+    for pid, lab, score in zip(patient_ids, y, s, strict=True):
         risk[pid] = max(risk.get(pid, -np.inf), score)
         label[pid] = np.fmax(label.get(pid, np.nan), lab)  # fmax ignores NaN (unknown)
     pids = list(risk)
     return pids, np.array([label[p] for p in pids], dtype=float), np.array([risk[p] for p in pids], dtype=float)
 
 
-def calibration_curve(y_true: Sequence, y_prob: Sequence, n_bins: int = 10, strategy: str = "uniform") -> dict:
+def calibration_curve(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 10, strategy: str = "uniform") -> dict:
     """Reliability bins (sklearn's calibration_curve) with the count of cases per non-empty bin; JSON-safe.
 
     Also `ece`, the expected calibration error (sum over bins of count / n x |observed - mean predicted|),
@@ -250,7 +216,7 @@ def calibration_curve(y_true: Sequence, y_prob: Sequence, n_bins: int = 10, stra
     })
 
 
-def brier_score(y_true: Sequence, y_prob: Sequence) -> float:
+def brier_score(y_true: ArrayLike, y_prob: ArrayLike) -> float:
     """Mean squared difference between probability and label over the labelled cases (unknown labels left out)."""
     y, p, _ = known_cases(y_true, y_prob)
     if len(y) == 0:
