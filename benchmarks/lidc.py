@@ -292,6 +292,43 @@ def print_size_strata(rows: list[dict]) -> None:
         print(f"  {span:<10} n={row['n']:<4} malignant {row['n_pos']:<4} {cells}")
 
 
+def tta_predictions(run: Path, plan, config: TrainConfig) -> dict[str, float]:
+    """nodule id -> out-of-fold probability with test-time augmentation (the eight symmetries of a square), each
+    fold model scoring its own validation nodules, as val_predictions.csv without augmentation."""
+    from noduleclip.ensemble import RunEnsemble
+    from noduleclip.preprocess.cache import ViewCache
+
+    ensemble, cache, scores = RunEnsemble.load(run), ViewCache(Path(config.cache), config.views, create=False), {}
+    for k in range(ensemble.folds):
+        val_ids = plan.fold(k)[1]
+        risk = ensemble.score(cache.load_many(val_ids), folds=[k], tta=True).fold_risk[0]
+        scores.update(zip(val_ids, risk.tolist(), strict=True))
+    return scores
+
+
+def tta_rows(out: Path, manifest: NoduleManifest, plan, config: TrainConfig, models: list[str]) -> list[dict]:
+    """Each neural model with and without test-time augmentation: pooled AUROC, DeLong against the plain scores and
+    against diameter, and the extra inference time."""
+    rows = []
+    for model in models:
+        tick = time.perf_counter()
+        scores = tta_predictions(out / "ablation" / model, plan, config)
+        plain = pooled_predictions(out / "ablation" / model)
+        rows.append({"model": model, "seconds": time.perf_counter() - tick,
+                     "against_plain": against(manifest, scores, plain),
+                     "against_diameter": against(manifest, scores, diameters(manifest))})
+    return rows
+
+
+def print_tta(rows: list[dict]) -> None:
+    print("\ntest-time augmentation (each fold model on its own validation nodules, the 8 symmetries averaged)")
+    for row in rows:
+        plain, d = row["against_plain"], row["against_diameter"]
+        print(f"  {row['model']:<12} with {num(plain['auroc'])} vs without {num(plain['other_auroc'])} "
+              f"(DeLong p {plain['p']:.3f}); vs diameter {d['auroc'] - d['other_auroc']:+.3f} (p {d['p']:.4f}); "
+              f"{row['seconds'] / 60:.1f} min to score")
+
+
 def text_against_vision(out: Path, manifest: NoduleManifest, results: dict) -> dict | None:
     """lora (image + text) against vision-only on the same folds: Wilcoxon over folds and DeLong pooled."""
     if not {"lora", "vision-only"} <= set(results):
@@ -395,6 +432,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "lever table: each row adds one change; cumulative settings in LEVERS)")
     parser.add_argument("--lever-model", default="probe", help="the model the lever table trains (default probe: "
                         "frozen towers, minutes a row on 2 cores)")
+    parser.add_argument("--tta", action="store_true", help="also score each neural model out of fold with "
+                        "test-time augmentation (the eight symmetries of a square) and compare")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny random towers, 20 patients, 2 folds, 1 epoch")
     args = parser.parse_args(argv)
@@ -436,6 +475,13 @@ def main(argv: list[str] | None = None) -> dict:
         levers = run_levers(out, config, parse_models(args.lever_model)[0], manifest, args.quick)
         seconds["levers"] = time.perf_counter() - tick
 
+    tta = None
+    if args.tta:
+        tick = time.perf_counter()
+        print("[2.T] test-time augmentation, out of fold", flush=True)
+        tta = tta_rows(out, manifest, plan, config, [m for m in results if m != "semantic"])
+        seconds["tta"] = time.perf_counter() - tick
+
     tick = time.perf_counter()
     print("[3] diameter alone and the LIDC-ratings LR on the same folds", flush=True)
     baselines = same_fold_baselines(manifest, plan)
@@ -470,6 +516,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{num(xml['pooled_auroc'])}; AUPRC pooled {num(xml['pooled_auprc'])}; features {', '.join(xml['features'])}")
     if levers:
         print_levers(levers)
+    if tta:
+        print_tta(tta)
     strata = size_strata(manifest, {m: pooled_predictions(out / "ablation" / m) for m in results})
     print_size_strata(strata)
     text = text_against_vision(out, manifest, results)
@@ -485,7 +533,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     document = jsonable({"settings": settings | {"quick": args.quick, "models": models, "nodules": len(manifest)},
                          "seconds": seconds, "models": results, "same_fold_baselines": baselines,
-                         "levers": levers, "text_against_vision": text, "goal_lines": goals,
+                         "levers": levers, "tta": tta, "text_against_vision": text, "goal_lines": goals,
                          "size_strata": strata,
                          "zero_shot": zero_shot, "xml_semantic": xml, "goals": GOALS, "references": REFERENCES})
     write_text(out / "lidc_benchmark.json", json.dumps(document, indent=2) + "\n")

@@ -33,14 +33,21 @@ def model_block(stdout: str, model: str) -> list[str]:
 def test_quick_benchmark_scores_every_nodule_once_out_of_fold(shared_data, tmp_path):
     out = tmp_path / "lidc"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lidc.py"), "--quick", "--threads", "1",
-                           "--data", str(shared_data), "--out", str(out), "--levers"], capture_output=True, text=True,
-                          timeout=600)
+                           "--data", str(shared_data), "--out", str(out), "--levers", "--tta"],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "zero-shot margins" in done.stdout and "diameter alone (same folds)" in done.stdout
     document = json.loads((out / "lidc_benchmark.json").read_text())
     rows = read_rows(out / "manifest.csv")
     labelled = sum(r["label"] != "" for r in rows)
     assert document["settings"]["folds"] == 2 and document["settings"]["nodules"] == len(rows)
+    # test-time augmentation: one row per neural model, compared on the same nodules with that model's own
+    # out-of-fold scores (whose AUROC is the model's pooled AUROC)
+    assert [r["model"] for r in document["tta"]] == ["lora", "probe", "vision-only"]
+    for row in document["tta"]:
+        assert row["against_plain"]["n"] == labelled
+        assert row["against_plain"]["other_auroc"] == pytest.approx(document["models"][row["model"]]["nodule"]["auroc"])
+        assert row["against_diameter"]["auroc"] == pytest.approx(row["against_plain"]["auroc"])
 
     # every labelled nodule is scored once, by the one fold model that did not train on it; each AUROC is that of
     # the model's written out-of-fold predictions (by sklearn), per fold and pooled, and is the one printed

@@ -118,12 +118,12 @@ def test_ctrl_c_stops_preprocess_and_its_workers_at_once(tmp_path):
     assert children
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     sent = time.monotonic()
-    try:
-        process.wait(timeout=4)
+    try:  # seconds, not the minutes the remaining scans would take; with room for a machine under load
+        process.wait(timeout=10)
     finally:
         if process.poll() is None:
             process.kill()
-    assert time.monotonic() - sent < 4 and process.returncode != 0
+    assert time.monotonic() - sent < 10 and process.returncode != 0
     assert "interrupted" in process.stderr.read().decode()
     assert len(cached(cache)) < 60
     assert not wait_gone(children, 2)

@@ -12,13 +12,13 @@ import torch
 from noduleclip.data.manifest import NoduleRecord
 from noduleclip.errors import InputError
 from noduleclip.model import NoduleClipLoss, create_model
+from noduleclip.model.symmetry import dihedral_views
 from noduleclip.train.config import TrainConfig
 from noduleclip.train.dataset import (
     EpochBatches,
     NoduleDataset,
     augmented_variants,
     class_weights,
-    dihedral_views,
     semantic_weights,
 )
 from noduleclip.train.resume import RunLog, load_resume_state, save_resume_state

@@ -30,6 +30,7 @@ from noduleclip.errors import InputError
 from noduleclip.metrics.calibration import Calibrator, load_calibrator
 from noduleclip.model import NoduleClipModel, load_model, read_model_config
 from noduleclip.model.checkpoint import WEIGHTS_FILE
+from noduleclip.model.symmetry import SQUARE_SYMMETRIES, dihedral_views
 from noduleclip.run_folder import RunSettings, check_run_complete, fold_model_folder
 from noduleclip.semantics.prompts import PromptSet
 
@@ -132,11 +133,25 @@ class RunEnsemble:
 
     # -- image path --------------------------------------------------------------------------------------
     def score(self, views, batch_size: int | None = None, folds: Sequence[int] | None = None,
-              prefixed: bool = False) -> EnsembleScores:
+              prefixed: bool = False, tta: bool = False) -> EnsembleScores:
         """Risk, embeddings and attention of each fold model (or of `folds`) for views (N, 9, S, S) in [0, 1].
 
         `prefixed`: `views` holds the views' `image_prefix` (the frozen image blocks' output, as training keeps it).
+        `tta`: test-time augmentation: each fold model's mean risk and attention over the eight symmetries of a
+        square (every plane of a nodule turned and mirrored alike), and its mean embedding, re-normalised.
         """
+        if tta:
+            if prefixed:
+                raise InputError("test-time augmentation turns the views themselves; give views, not their prefix")
+            started = time.perf_counter()
+            turned = [self.score(dihedral_views(torch.as_tensor(np.asarray(views), dtype=torch.float32),
+                                                torch.full(np.shape(views)[:2], code, dtype=torch.long)),
+                                 batch_size, folds) for code in range(SQUARE_SYMMETRIES)]
+            embeds = np.mean([t.fold_embeds for t in turned], axis=0)
+            embeds /= np.linalg.norm(embeds, axis=-1, keepdims=True)
+            self.timings = {"model": time.perf_counter() - started}
+            return EnsembleScores(np.mean([t.fold_risk for t in turned], axis=0), embeds,
+                                  np.mean([t.fold_attention for t in turned], axis=0), folds=turned[0].folds)
         views = torch.as_tensor(np.asarray(views) if not torch.is_tensor(views) else views, dtype=torch.float32)
         if (views.dim() != 4 and not prefixed) or len(views) == 0:
             raise InputError(f"views must be an array of shape (nodules, 9, height, width), got {tuple(views.shape)}")

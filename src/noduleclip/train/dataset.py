@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from noduleclip.data.manifest import NoduleRecord
 from noduleclip.errors import InputError
 from noduleclip.model.losses import log_diameter_target
+from noduleclip.model.symmetry import dihedral_views
 from noduleclip.semantics import Augmentation, TextConfig, record_text
 from noduleclip.semantics.schema import text_features
 
@@ -119,18 +120,6 @@ class EpochBatches:
             order = torch.multinomial(self.weights, count, replacement=True, generator=generator)
         for start in range(0, count, self.batch_size):
             yield order[start:start + self.batch_size].tolist()
-
-
-def dihedral_views(views: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Views (..., 9, S, S) with plane j turned by codes[..., j] in 0..7: a quarter turn k = code % 4, then
-    a left-right mirror when code >= 4 (the eight symmetries of a square). Code 0 leaves a plane as it is."""
-    out = views.clone()
-    for code in range(1, 8):
-        chosen = codes == code
-        if bool(chosen.any()):
-            planes = torch.rot90(views[chosen], code % 4, dims=(-2, -1))
-            out[chosen] = planes.flip(-1) if code >= 4 else planes
-    return out
 
 
 def random_view_codes(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
