@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from noduleclip.atomic import staged_dir, write_csv
 from noduleclip.data.manifest import NoduleManifest
@@ -39,6 +38,7 @@ from noduleclip.importers.lidc_xml import (
 from noduleclip.io.dicom import DicomSeries, _read_header, slice_geometry
 from noduleclip.io.readers import write_volume
 from noduleclip.io.volume import Volume
+from noduleclip.progress import progress_bar
 
 RATINGS_COLUMNS = ("patient_id", "nodule_id", "series_uid", "label", "readers", "diameter_mm", *RATING_COLUMNS,
                    "pixel_x", "pixel_y", "z_mm")
@@ -90,7 +90,7 @@ def scan_ct_series(root: Path, report: LidcImportReport, progress: bool = True) 
         paths += [Path(folder) / f for f in sorted(files)
                   if not f.startswith(".") and f.upper() != "DICOMDIR" and not f.lower().endswith(".xml")]
     series: dict[str, DicomSeries] = {}
-    for path in tqdm(paths, desc="DICOM headers", unit="file", disable=not progress):
+    for path in progress_bar(paths, desc="DICOM headers", unit="file", disable=not progress):
         try:
             obj = _read_header(path)
         except InputError as exc:
@@ -202,7 +202,7 @@ def import_lidc(dicom_root, xml_source, out, masks_dir=None, config: LidcConfig 
     rows, per_patient = [], Counter()
     stage_ctx = staged_dir(masks_dir) if masks_dir else contextlib.nullcontext(None)
     with stage_ctx as stage:
-        for uid in tqdm(matched, desc="series", unit="series", disable=not progress):
+        for uid in progress_bar(matched, desc="series", unit="series", disable=not progress):
             try:
                 volume, sop_to_slice = series_geometry(ct[uid])
                 patient_id = _patient_id(ct[uid])

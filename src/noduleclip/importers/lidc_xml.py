@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy.spatial.distance import pdist
-from tqdm.auto import tqdm
 
 from noduleclip.errors import InputError
+from noduleclip.progress import progress_bar
 from noduleclip.semantics.lidc import LIDC_SCALES
 
 RATING_TAGS = {
@@ -200,7 +200,7 @@ def read_series_reads(source, report: XmlReport | None = None, progress: bool = 
     """
     report = report if report is not None else XmlReport()
     out: dict[str, SeriesReads] = {}
-    for name, data in tqdm(iter_xml_files(source), desc="LIDC XML", unit="file", disable=not progress):
+    for name, data in progress_bar(iter_xml_files(source), desc="LIDC XML", unit="file", disable=not progress):
         report.files += 1
         found = SERIES_UID_TAG.search(data) if wanted is not None else None
         if found and found.group(1).decode() not in wanted:

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..progress import progress_bar
 from ..version import __version__
 from .backbones import DEFAULT_BACKBONE, BackboneConfig, config_from_dict, get_backbone
 from .dropout import use_fast_dropout
@@ -272,8 +272,8 @@ class NoduleClipModel(nn.Module):
         """(B, V, tokens, width) output of the frozen image blocks for (B, V, 50, 50) views; see `encode_image`."""
         parts = []
         with self._evaluating():
-            for start in tqdm(range(0, views.shape[0], batch_size), desc="frozen image blocks", unit="batch",
-                              disable=not progress, dynamic_ncols=True):
+            for start in progress_bar(range(0, views.shape[0], batch_size), desc="frozen image blocks", unit="batch",
+                                      disable=not progress, dynamic_ncols=True):
                 chunk = views[start:start + batch_size]
                 hidden = self.vision.hidden_states(self.view_transform(chunk), self.frozen_image_blocks)
                 parts.append(hidden.view(chunk.shape[0], chunk.shape[1], *hidden.shape[1:]).clone())

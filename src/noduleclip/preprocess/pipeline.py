@@ -19,13 +19,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from noduleclip.data.manifest import NoduleManifest, NoduleRecord
 from noduleclip.errors import InputError, NoduleClipError
 from noduleclip.io import Volume, check_looks_like_ct, read_mask, read_volume
 from noduleclip.preprocess.cache import ViewCache
 from noduleclip.preprocess.views import mask_centroid, sample_planes
+from noduleclip.progress import progress_bar
 
 
 def _fmt_point(p) -> str:
@@ -141,7 +141,7 @@ def preprocess_manifest(
             report.skipped.append(record.nodule_id)
         else:
             groups[f"{record.image}|{record.series_uid or ''}"].append(record)  # one read per scan
-    bar = tqdm(total=sum(len(g) for g in groups.values()), unit="nodule", desc="views", disable=not progress)
+    bar = progress_bar(total=sum(len(g) for g in groups.values()), unit="nodule", desc="views", disable=not progress)
     workers = max(1, min(workers, len(groups)))
 
     def collect(results):

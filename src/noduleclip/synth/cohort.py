@@ -23,11 +23,11 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from noduleclip.atomic import staged_dir
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
+from noduleclip.progress import progress_bar
 from noduleclip.semantics.schema import FEATURE_NAMES
 from noduleclip.synth.anatomy import Tissue, render_anatomy, sample_body
 from noduleclip.synth.dicom import SeriesIdentity, write_series
@@ -154,7 +154,7 @@ def make_cohort(out: str | os.PathLike, patients: int, seed: int = 0, preset: st
         jobs = [PatientJob(i, int(seed), chosen, intercept, str(stage)) for i in range(int(patients))]
         rows: list[dict] = []
         truth: list[dict] = []
-        bar = tqdm(total=len(jobs), desc="synth", unit="patient", disable=not progress)
+        bar = progress_bar(total=len(jobs), desc="synth", unit="patient", disable=not progress)
         if workers == 1 or len(jobs) == 1:
             results = map(synthesize_patient, jobs)
             pool = None

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from noduleclip.atomic import write_text
 from noduleclip.ensemble import RunEnsemble
 from noduleclip.metrics.classification import classification_metrics
 from noduleclip.model import NoduleClipLoss, NoduleClipModel, create_model, save_model
+from noduleclip.progress import Progress, progress_bar
 from noduleclip.run_folder import DONE_FILE, FOLD_MODEL
 from noduleclip.train.config import TrainConfig
 from noduleclip.train.dataset import SEED_DROPOUT, SEED_INIT, EpochBatches, NoduleDataset, derive_seed
@@ -165,7 +165,8 @@ def _start_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, lo
     return _Fold(prepared, accelerator.unwrap_model(prepared), optimizer, scheduler, batches, loader, state)
 
 
-def _train_epoch(run: _Fold, epoch: int, fold: int, config: TrainConfig, data: FoldData, accelerator, bar) -> dict:
+def _train_epoch(run: _Fold, epoch: int, fold: int, config: TrainConfig, data: FoldData, accelerator,
+                 bar: Progress[Any]) -> dict:
     """One pass over the fold's training batches; the mean of each loss term."""
     torch.manual_seed(derive_seed(config.seed, SEED_DROPOUT, fold, epoch))
     run.loader.set_epoch(epoch)  # accelerate's loader passes its own epoch count on to the sampler: keep them equal
@@ -190,8 +191,8 @@ def _train_epoch(run: _Fold, epoch: int, fold: int, config: TrainConfig, data: F
         for name, value in loss.as_floats().items():
             sums[name] = sums.get(name, 0.0) + value
         count += 1
-        bar.update(1)
         bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{loss.total.item():.3f}")
+        bar.update(1)  # after the postfix, so that a plain progress line shows this step's loss
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 
@@ -244,8 +245,9 @@ def train_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log
     main = accelerator.is_main_process
     run = _start_fold(fold, config, data, folder, log, accelerator)
     steps_per_epoch = len(run.batches)
-    bar = tqdm(total=config.epochs * steps_per_epoch, initial=run.state["epochs_done"] * steps_per_epoch, unit="step",
-               desc=f"fold {fold + 1}/{total_folds}", disable=not (config.progress and main), dynamic_ncols=True)
+    bar = progress_bar(total=config.epochs * steps_per_epoch, initial=run.state["epochs_done"] * steps_per_epoch,
+                       unit="step", desc=f"fold {fold + 1}/{total_folds}", disable=not (config.progress and main),
+                       dynamic_ncols=True)
     for epoch in range(run.state["epochs_done"], config.epochs):
         if config.patience and run.state["stale_epochs"] >= config.patience:
             break
