@@ -8,28 +8,19 @@
 Both are plain numpy/scikit-learn on arrays, below training and evaluation, so that both can use them.
 """
 
-from noduleclip.metrics.calibration import (
-    CALIBRATOR_FILE,
-    CalibrationSettings,
-    Calibrator,
-    calibrate_run,
-    fit_calibrator,
-    load_calibrator,
-    read_validation_predictions,
-)
-from noduleclip.metrics.classification import (
-    bootstrap_auroc_auprc,
-    brier_score,
-    calibration_curve,
-    classification_metrics,
-    known_cases,
-    operating_points,
-    patient_level,
-    single_class_reason,
-)
+import importlib
 
-__all__ = [
-    "CALIBRATOR_FILE", "CalibrationSettings", "Calibrator", "calibrate_run", "fit_calibrator", "load_calibrator",
-    "read_validation_predictions", "bootstrap_auroc_auprc", "brier_score", "calibration_curve",
-    "classification_metrics", "known_cases", "operating_points", "patient_level", "single_class_reason",
-]
+_EXPORTS = {
+    **dict.fromkeys(("CALIBRATOR_FILE", "CalibrationSettings", "Calibrator", "calibrate_run", "fit_calibrator",
+                     "load_calibrator", "read_validation_predictions"), "calibration"),
+    **dict.fromkeys(("bootstrap_auroc_auprc", "brier_score", "calibration_curve", "classification_metrics",
+                     "known_cases", "operating_points", "patient_level", "single_class_reason"), "classification"),
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Names are imported on first use: applying a calibrator (predict) should not load scikit-learn."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"noduleclip.metrics.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'noduleclip.metrics' has no attribute {name!r}")

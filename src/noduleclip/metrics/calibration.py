@@ -23,12 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize
-from sklearn.isotonic import IsotonicRegression
 
 from noduleclip.atomic import plain_cell, write_text
 from noduleclip.errors import InputError
-from noduleclip.metrics.classification import brier_score
 from noduleclip.typed_json import read_json_object, typed_fields
 
 CALIBRATOR_FILE = "calibrator.json"
@@ -132,6 +129,8 @@ def _fit_platt(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
         return nll, np.array([np.sum(grad * z), np.sum(grad)])
 
     prior = math.log((positives + 1) / (negatives + 1))
+    from scipy.optimize import minimize  # imported on first use: applying a calibrator needs numpy only
+
     fit = minimize(loss, x0=np.array([1.0, prior]), jac=True, method="L-BFGS-B", bounds=[(0.0, None), (None, None)])
     return float(fit.x[0]), float(fit.x[1])
 
@@ -139,6 +138,8 @@ def _fit_platt(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 def _fit_isotonic(scores: np.ndarray, labels: np.ndarray) -> tuple[list[float], list[float]]:
     n = len(labels)
     low, high = 1.0 / (n + 1), n / (n + 1.0)
+    from sklearn.isotonic import IsotonicRegression  # imported on first use: scikit-learn loads in about 1 s
+
     fit = IsotonicRegression(y_min=low, y_max=high, increasing=True, out_of_bounds="clip").fit(scores, labels)
     return [float(v) for v in fit.X_thresholds_], [float(v) for v in fit.y_thresholds_]
 
@@ -166,6 +167,8 @@ def fit_calibrator(risk, labels, settings: CalibrationSettings = CalibrationSett
         calibrator = Calibrator("platt", f"{counts}: fewer than {settings.min_cases} cases or "
                                 f"{settings.min_per_class} per class, so Platt scaling (logistic on the logit)",
                                 n, positives, slope=slope, intercept=intercept)
+    from noduleclip.metrics.classification import brier_score  # imported on first use: it loads scikit-learn
+
     calibrator.brier_before = brier_score(y, scores)
     calibrator.brier_after = brier_score(y, calibrator.apply(scores))
     return calibrator
