@@ -38,6 +38,15 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert summary["external"]["nodule"]["n"] + summary["external"]["nodule"]["n_unknown"] == len(external)
     on_disk = json.loads((tmp_path / "demo.json").read_text())
     assert on_disk["internal_test"]["nodule"]["auroc"] == summary["internal_test"]["nodule"]["auroc"]
+    # where the time went: every stage once, the epochs those of the run's log, together within the wall time
+    stages = on_disk["stage_seconds"]
+    assert list(stages) == ["cohort, screening", "cohort, contrast", "training: epochs",
+                            "training: views, frozen blocks, test set", "external evaluation", "figures and summary"]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert stages["training: epochs"] == pytest.approx(sum(e["seconds"] for e in logged if e["event"] == "epoch"),
+                                                       abs=0.11)
+    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= on_disk["wall_seconds"] + 0.5
+    assert "where the time went" in table and "training: epochs" in table
     # `evaluate` on the same manifest reproduces the demo's external predictions.
     from noduleclip.cli import main
 

@@ -90,10 +90,13 @@ def run_demo(out: str | os.PathLike, config: DemoConfig | None = None) -> dict:
     precision = config.mixed_precision if config.mixed_precision != "auto" else ("bf16" if native_bf16() else "no")
     print(f"1/4 synthetic cohorts: {config.train_patients} screening patients for training, "
           f"{config.external_patients} {config.external_preset} patients as the external cohort")
+    stages, tick = {}, time.perf_counter()
     internal = synthetic_cohort(out / "cohort-screening", config.train_patients, config.seed, "screening",
                                 config.workers)
+    stages["cohort, screening"], tick = time.perf_counter() - tick, time.perf_counter()
     external = synthetic_cohort(out / f"cohort-{config.external_preset}", config.external_patients, config.seed + 1,
                                 config.external_preset, config.workers)
+    stages[f"cohort, {config.external_preset}"], tick = time.perf_counter() - tick, time.perf_counter()
     print(f"2/4 training {config.backbone} ({config.tuning}), {config.folds} folds x up to {config.epochs} epochs "
           f"at {config.image_size} px" + (", bf16 autocast" if precision == "bf16" else ""))
     train = TrainConfig(backbone=config.backbone, tuning=config.tuning, folds=config.folds, epochs=config.epochs,
@@ -103,8 +106,14 @@ def run_demo(out: str | os.PathLike, config: DemoConfig | None = None) -> dict:
                         mixed_precision=precision,
                         workers=config.workers, random_init=config.random_init)
     result = train_run(internal, out / "run", train)
+    training = time.perf_counter() - tick
+    epochs = _epoch_seconds(out / "run")
+    stages["training: epochs"] = min(epochs, training)
+    stages["training: views, frozen blocks, test set"] = training - stages["training: epochs"]
+    tick = time.perf_counter()
     print(f"3/4 the fold ensemble on the external {config.external_preset} cohort")
     ext = evaluate_manifest(out / "run", external, out / "external", workers=config.workers, seed=config.seed)
+    stages["external evaluation"], tick = time.perf_counter() - tick, time.perf_counter()
     print("4/4 figures and summary")
     predictions = _read_predictions(out / "run" / "predictions.csv")
     curves = {"internal test (screening)": predictions,
@@ -116,14 +125,34 @@ def run_demo(out: str | os.PathLike, config: DemoConfig | None = None) -> dict:
         for level in ("nodule", "patient"):
             lines.append(_row(f"{name}, {level}s", scored[level]))
     table = "\n".join(lines)
+    stages["figures and summary"] = time.perf_counter() - tick
     wall = time.perf_counter() - start
     summary = {"config": asdict(config), "internal_test": test, "external": ext.metrics,
-               "wall_seconds": round(wall, 1), "table": table}
+               "wall_seconds": round(wall, 1), "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
+               "table": table}
     write_text(out / "demo.json", json.dumps(summary, indent=2, default=float) + "\n")
     print()
     print(table)
+    print("\nwhere the time went (a step reused from an earlier run of the demo takes none)")
+    for name, seconds in stages.items():
+        print(f"  {name:<42} {seconds / 60:5.1f} min  {100 * seconds / max(wall, 1e-9):3.0f}%")
     print(f"\nrun folder {out / 'run'}; ROC and PR curves {out / 'roc.png'}; {wall / 60:.1f} min")
     return summary
+
+
+def _epoch_seconds(run: Path) -> float:
+    """The training epochs' wall time of a run, from its log.jsonl (0 when there is none)."""
+    path = run / "log.jsonl"
+    if not path.is_file():
+        return 0.0
+    seconds = 0.0
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        seconds += entry.get("seconds", 0.0) if entry.get("event") == "epoch" else 0.0
+    return seconds
 
 
 def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
