@@ -141,7 +141,8 @@ def preprocess_manifest(
             report.skipped.append(record.nodule_id)
         else:
             groups[f"{record.image}|{record.series_uid or ''}"].append(record)  # one read per scan
-    bar = progress_bar(total=sum(len(g) for g in groups.values()), unit="nodule", desc="views", disable=not progress)
+    todo = sum(len(g) for g in groups.values())  # no bar when every nodule is cached already
+    bar = progress_bar(total=todo, unit="nodule", desc="views", disable=not progress or todo == 0)
     workers = max(1, min(workers, len(groups)))
 
     def collect(results):
