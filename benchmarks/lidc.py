@@ -55,9 +55,10 @@ FULL = dict(backbone="dinov2-s+minilm", folds=5, epochs=20, image_size=112, lora
             **RECIPE)
 QUICK = dict(backbone="tiny", folds=2, epochs=1, image_size=28, lora_image_blocks=1, bootstrap=50, **RECIPE)
 QUICK_PATIENTS, QUICK_XML_FILES = 10, 150  # per class; XML files read in --quick
+PERTURBATIONS = "noise=30,smooth=1.5,sharp=1,thick=3"  # a noisier scan, a smoother and a sharper kernel, thicker slices
 REFERENCES = {"diameter alone": 0.88, "LIDC characteristics + diameter LR": 0.93,
               "frozen DINOv2-S 112 px, mean+max pooled LR": 0.91, "semantic-only LR on NLST (paper)": 0.888}
-GOALS = {"image-only AUROC": 0.94, "DeLong p against diameter": 0.05,
+GOALS = {"image-only AUROC": 0.94, "DeLong p against diameter": 0.05, "AUROC change under a perturbation": 0.02,
          **{f"zero-shot {f} AUROC": 0.85 for f in ("margins", "consistency", "calcification_pattern", "shape")}}
 # Each lever adds one change to the row above it; all train --lever-model on the same folds.
 LEVERS = (
@@ -329,6 +330,48 @@ def print_tta(rows: list[dict]) -> None:
               f"{row['seconds'] / 60:.1f} min to score")
 
 
+def robustness(out: Path, manifest: NoduleManifest, plan, config: TrainConfig, models: list[str],
+               specs: str) -> dict:
+    """Each neural model's out-of-fold scores of views cut from re-rendered crops (`evaluate --perturb`, each fold
+    model on its own validation nodules) against its plain out-of-fold scores: AUROC change, DeLong, risk shift."""
+    from noduleclip.ensemble import RunEnsemble
+    from noduleclip.preprocess.acquisition import parse_perturbations, perturbed_views
+
+    perturbations = parse_perturbations([specs])
+    labelled = [r for r in manifest if r.label is not None]
+    tick = time.perf_counter()
+    views = perturbed_views(labelled, perturbations, config.views, config.seed, workers=2)
+    position = {r.nodule_id: i for i, r in enumerate(labelled)}
+    document = {"perturbations": [p.name for p in perturbations], "render_seconds": time.perf_counter() - tick,
+                "models": {}}
+    for model in models:
+        tick, ensemble = time.perf_counter(), RunEnsemble.load(out / "ablation" / model)
+        plain, rows = pooled_predictions(out / "ablation" / model), []
+        for perturbation in perturbations:
+            scores = {}
+            for k in range(ensemble.folds):
+                ids = [n for n in plan.fold(k)[1] if n in position]
+                at = [position[n] for n in ids]
+                risk = ensemble.score(views[perturbation.name][at], folds=[k]).fold_risk[0]
+                scores.update(zip(ids, risk.tolist(), strict=True))
+            test = against(manifest, scores, plain)
+            shift = np.abs([scores[n] - plain[n] for n in scores])
+            rows.append({"perturbation": perturbation.name, "auroc": test["auroc"], "plain_auroc": test["other_auroc"],
+                         "delta_auroc": test["auroc"] - test["other_auroc"], "delong_p": test["p"], "n": test["n"],
+                         "shift_median": float(np.median(shift)), "shift_p95": float(np.percentile(shift, 95))})
+        document["models"][model] = {"rows": rows, "seconds": time.perf_counter() - tick}
+    return document
+
+
+def print_robustness(document: dict) -> None:
+    print(f"\nrobustness to acquisition (each fold model on its own validation nodules re-rendered; views cut in "
+          f"{document['render_seconds'] / 60:.1f} min)")
+    for model, block in document["models"].items():
+        cells = "  ".join(f"{r['perturbation']} {num(r['auroc'])} ({r['delta_auroc']:+.3f}, p {r['delong_p']:.3f}, "
+                          f"median shift {r['shift_median']:.3f})" for r in block["rows"])
+        print(f"  {model:<12} plain {num(block['rows'][0]['plain_auroc'])}  {cells}")
+
+
 def text_against_vision(out: Path, manifest: NoduleManifest, results: dict) -> dict | None:
     """lora (image + text) against vision-only on the same folds: Wilcoxon over folds and DeLong pooled."""
     if not {"lora", "vision-only"} <= set(results):
@@ -341,7 +384,7 @@ def text_against_vision(out: Path, manifest: NoduleManifest, results: dict) -> d
 
 
 def goal_lines(manifest: NoduleManifest, out: Path, results: dict, zero_shot: dict | None,
-               text: dict | None) -> list[dict]:
+               text: dict | None, robust: dict | None = None) -> list[dict]:
     """The issue's goals, each a line of text and whether it is met (only for what this run measured)."""
     lines = []
     for model in (m for m in ("lora", "vision-only", "probe") if m in results):
@@ -353,6 +396,14 @@ def goal_lines(manifest: NoduleManifest, out: Path, results: dict, zero_shot: di
                       "text": f"{model} against diameter alone on the same {d['n']} nodules: {num(d['auroc'])} vs "
                               f"{num(d['other_auroc'])}, DeLong z {d['z']:.2f}, p {d['p']:.4f} (goal: above, p < "
                               f"{GOALS['DeLong p against diameter']})"})
+    for model, block in (robust or {}).get("models", {}).items():
+        worst = max(block["rows"], key=lambda r: abs(r["delta_auroc"]))
+        lines.append({"met": all(abs(r["delta_auroc"]) <= GOALS["AUROC change under a perturbation"]
+                                 for r in block["rows"]),
+                      "text": f"{model} robust to acquisition: every perturbation within "
+                              f"{GOALS['AUROC change under a perturbation']} of the plain AUROC; the largest change "
+                              f"{worst['delta_auroc']:+.3f} ({worst['perturbation']}, "
+                              f"DeLong p {worst['delong_p']:.3f})"})
     if text:
         better = np.mean(text["fold_auroc"][0]) > np.mean(text["fold_auroc"][1])
         significant = min(text["delong"]["p"], text["wilcoxon_p"]) < 0.05
@@ -434,6 +485,10 @@ def main(argv: list[str] | None = None) -> dict:
                         "frozen towers, minutes a row on 2 cores)")
     parser.add_argument("--tta", action="store_true", help="also score each neural model out of fold with "
                         "test-time augmentation (the eight symmetries of a square) and compare")
+    parser.add_argument("--perturb", nargs="?", const=PERTURBATIONS, help="also score each neural model out of fold "
+                        f"on re-rendered crops (evaluate --perturb's language; default {PERTURBATIONS})")
+    parser.add_argument("--acquisition-augmentation", action="store_true",
+                        help="train on copies of each crop re-rendered as other scanners would (train's option)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny random towers, 20 patients, 2 folds, 1 epoch")
     args = parser.parse_args(argv)
@@ -441,6 +496,8 @@ def main(argv: list[str] | None = None) -> dict:
     given = {k: getattr(args, k) for k in preset if getattr(args, k, None) is not None}
     settings = {**preset, **given, "test_fraction": args.test_fraction}
     settings["field_of_view"] = settings["field_of_view"] or None  # 0: the whole view
+    if args.acquisition_augmentation:
+        settings["acquisition_augmentation"] = True
     out = args.out or ROOT / "benchmarks" / "out" / ("lidc-quick" if args.quick else "lidc")
     models = parse_models(args.models)
     config = TrainConfig(**settings, threads=args.threads, cache=str((out / "ablation" / "cache").resolve())).validate()
@@ -482,6 +539,13 @@ def main(argv: list[str] | None = None) -> dict:
         tta = tta_rows(out, manifest, plan, config, [m for m in results if m != "semantic"])
         seconds["tta"] = time.perf_counter() - tick
 
+    robust = None
+    if args.perturb:
+        tick = time.perf_counter()
+        print(f"[2.P] robustness to acquisition ({args.perturb}), out of fold", flush=True)
+        robust = robustness(out, manifest, plan, config, [m for m in results if m != "semantic"], args.perturb)
+        seconds["perturb"] = time.perf_counter() - tick
+
     tick = time.perf_counter()
     print("[3] diameter alone and the LIDC-ratings LR on the same folds", flush=True)
     baselines = same_fold_baselines(manifest, plan)
@@ -502,6 +566,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{config.image_size} px, LoRA in the last {config.lora_image_blocks} image blocks, "
           f"batch {config.batch_size}, lr {config.lr:g}, sampler {config.sampler}, "
           f"field of view {config.field_of_view or 50} mm, size weight {config.size_weight:g}, "
+          f"{'acquisition augmentation, ' if config.acquisition_augmentation else ''}"
           f"test fraction {config.test_fraction:g}" + (" (QUICK: not a result)" if args.quick else ""))
     for model, summary in results.items():
         print_model(model, summary)
@@ -518,10 +583,12 @@ def main(argv: list[str] | None = None) -> dict:
         print_levers(levers)
     if tta:
         print_tta(tta)
+    if robust:
+        print_robustness(robust)
     strata = size_strata(manifest, {m: pooled_predictions(out / "ablation" / m) for m in results})
     print_size_strata(strata)
     text = text_against_vision(out, manifest, results)
-    goals = goal_lines(manifest, out, results, zero_shot, text)
+    goals = goal_lines(manifest, out, results, zero_shot, text, robust)
     print("\ngoals (pooled out of fold, image only at inference)")
     for line in goals:
         print(f"  [{'met' if line['met'] else 'NOT met'}] {line['text']}")
@@ -533,8 +600,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     document = jsonable({"settings": settings | {"quick": args.quick, "models": models, "nodules": len(manifest)},
                          "seconds": seconds, "models": results, "same_fold_baselines": baselines,
-                         "levers": levers, "tta": tta, "text_against_vision": text, "goal_lines": goals,
-                         "size_strata": strata,
+                         "levers": levers, "tta": tta, "robustness": robust, "text_against_vision": text,
+                         "goal_lines": goals, "size_strata": strata,
                          "zero_shot": zero_shot, "xml_semantic": xml, "goals": GOALS, "references": REFERENCES})
     write_text(out / "lidc_benchmark.json", json.dumps(document, indent=2) + "\n")
     print(f"wrote {out / 'lidc_benchmark.json'}")

@@ -21,8 +21,8 @@ from noduleclip import report
 from noduleclip.ensemble import RunEnsemble
 from noduleclip.evaluate.compare import RECALLS
 from noduleclip.evaluate.gallery import GalleryTile
-from noduleclip.evaluate.perturb.spec import UNSHARP_SIGMA_MM
 from noduleclip.evaluate.zero_shot import STYLES
+from noduleclip.preprocess.acquisition import UNSHARP_SIGMA_MM
 from noduleclip.report import Figure, Section, Table, Text
 from noduleclip.semantics.prompts import ENSEMBLE, PAPER
 

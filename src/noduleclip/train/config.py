@@ -90,8 +90,11 @@ class TrainConfig:
     text_augmentation: bool = _option(True, "vary the wording of the training texts every epoch")
     image_augmentation: bool = _option(False, "turn and mirror each training view at random (the eight symmetries "
                                        "of a square), as the authors' random flips")
-    augment_variants: int = _option(4, "with frozen bottom image blocks and image augmentation: versions of each "
-                                    "nodule whose frozen-block output is computed once and held in memory (the "
+    acquisition_augmentation: bool = _option(False, "train on copies of each nodule re-rendered as other scanners "
+                                             "would (random slice thickness, kernel and noise; augment-variants - 1 "
+                                             "copies, cut once and held in memory)")
+    augment_variants: int = _option(4, "with acquisition augmentation, or frozen bottom image blocks and image "
+                                    "augmentation: versions of each nodule computed once and held in memory (the "
                                     "first is the nodule as it is); each epoch reads one of them")
     mixed_precision: str = _option("no", "autocast precision (fp16 needs a CUDA GPU; bf16 runs on GPUs and recent "
                                    "CPUs)", choices=MIXED_PRECISION)
@@ -129,6 +132,9 @@ class TrainConfig:
              f"field of view {self.field_of_view} must be between 8 and the views' {self.views.size} pixels"),
             (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be at least 1"),
             (self.augment_variants >= 1, f"augment variants {self.augment_variants} must be at least 1"),
+            (self.augment_variants >= 2 or not self.acquisition_augmentation,
+             f"acquisition augmentation needs at least 2 augment variants (the nodule as it is and a re-rendered "
+             f"copy), not {self.augment_variants}"),
             (self.lora_rank >= 1, f"LoRA rank {self.lora_rank} must be at least 1"),
             (self.lora_image_blocks is None or self.lora_image_blocks >= 1,
              f"LoRA image blocks {self.lora_image_blocks} must be at least 1"),

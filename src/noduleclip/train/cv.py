@@ -37,6 +37,7 @@ from noduleclip.ensemble import RunEnsemble
 from noduleclip.errors import InputError
 from noduleclip.metrics.calibration import calibrate_run
 from noduleclip.model import NoduleClipModel
+from noduleclip.preprocess.acquisition import acquisition_views
 from noduleclip.preprocess.cache import ViewCache
 from noduleclip.preprocess.pipeline import default_workers, preprocess_manifest
 from noduleclip.run_folder import DONE_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, fold_model_folder, read_run_document
@@ -222,7 +223,7 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
         if main:
             _start_run_folder(run, plan, described if document is None else None)
         views = _views(manifest, config, run, accelerator)
-        inputs = _training_inputs(probe, views, config, run, accelerator)
+        inputs = _training_inputs(probe, views, config, run, accelerator, manifest.records)
         del probe
         if main:
             _report_resume(run, config)
@@ -265,22 +266,29 @@ class _Inputs:
     variants: bool  # `train` holds several augmented versions of each nodule
 
 
-def _training_inputs(probe: NoduleClipModel, views: torch.Tensor, config: TrainConfig, run: Path,
-                     accelerator) -> _Inputs:
-    """The views, or (probing, or LoRA on the top blocks) the frozen bottom blocks' output, once per nodule."""
+def _training_inputs(probe: NoduleClipModel, views: torch.Tensor, config: TrainConfig, run: Path, accelerator,
+                     records: list) -> _Inputs:
+    """The views, or (probing, or LoRA on the top blocks) the frozen bottom blocks' output, once per nodule; with
+    augmentation that is computed once, several versions of each nodule."""
     main = accelerator.is_main_process
-    prefixed = probe.frozen_image_blocks > 0 and any(read_done(run / f"fold_{k}") is None for k in range(config.folds))
-    variants = prefixed and config.image_augmentation and config.augment_variants > 1
-    # the frozen blocks run under the run's autocast, as the training steps; their output is kept in float32
+    unfinished = any(read_done(run / f"fold_{k}") is None for k in range(config.folds))
+    prefixed = probe.frozen_image_blocks > 0 and unfinished
+    copies = _acquisition_copies(records, views, config, main) if config.acquisition_augmentation and unfinished \
+        else None
     if not prefixed:
-        return _Inputs(views, views, False, False)
-    if not variants:
+        if copies is None:
+            return _Inputs(views, views, False, False)
+        # the planes are turned on the fly (dataset) when image augmentation is on, so the copies stay as cut
+        return _Inputs(torch.stack([views, *copies], dim=1), views, False, True)
+    turned = config.image_augmentation and config.augment_variants > 1
+    if copies is None and not turned:
+        # the frozen blocks run under the run's autocast, as the training steps; their output is kept in float32
         with accelerator.autocast():
             inputs = probe.image_prefix(views, config.eval_batch_size, progress=config.progress and main).float()
         return _Inputs(inputs, inputs, True, False)
     # (N, versions, ...), each version written in place: no second copy of all of them at once
     versions: torch.Tensor | None = None
-    for v, copy in enumerate(augmented_variants(views, config.augment_variants, config.seed)):
+    for v, copy in enumerate(augmented_variants(views, config.augment_variants, config.seed, copies, turn=turned)):
         with accelerator.autocast():
             prefix = probe.image_prefix(copy, config.eval_batch_size, progress=config.progress and main)
         if versions is None:
@@ -288,6 +296,15 @@ def _training_inputs(probe: NoduleClipModel, views: torch.Tensor, config: TrainC
         versions[:, v] = prefix
     assert versions is not None
     return _Inputs(versions, versions[:, 0], True, True)
+
+
+def _acquisition_copies(records: list, views: torch.Tensor, config: TrainConfig, main: bool) -> list[torch.Tensor]:
+    """augment-variants - 1 copies of every nodule's views, its scan re-rendered under a scanner protocol drawn at
+    random (the same for the same seed), cut as the cache cuts them."""
+    workers = default_workers() if config.workers is None else max(1, config.workers)
+    copies = acquisition_views(records, config.augment_variants - 1, config.views, config.seed, workers,
+                               progress=config.progress and main)
+    return [torch.from_numpy(c).to(views.dtype) for c in copies]
 
 
 def _fold(k: int, config: TrainConfig, plan: SplitPlan, manifest: NoduleManifest, features: list[dict],

@@ -127,13 +127,20 @@ def random_view_codes(shape: tuple[int, ...], generator: torch.Generator) -> tor
     return torch.randint(0, 8, shape, generator=generator)
 
 
-def augmented_variants(views: torch.Tensor, count: int, seed: int) -> list[torch.Tensor]:
-    """`count` versions of views (N, 9, S, S): the views themselves, then copies whose planes are each
-    turned and mirrored at random (seeded by `seed` and the copy's number)."""
+def augmented_variants(views: torch.Tensor, count: int, seed: int, copies: Sequence[torch.Tensor] | None = None,
+                       turn: bool = True) -> list[torch.Tensor]:
+    """`count` versions of views (N, 9, S, S): the views themselves, then copies (the given re-rendered `copies`,
+    else the views) whose planes are each turned and mirrored at random when `turn` (seeded by `seed` and the
+    copy's number)."""
+    if copies is not None and len(copies) != count - 1:
+        raise ValueError(f"{len(copies)} re-rendered copies for {count} versions")
     variants = [views]
     for v in range(1, count):
-        generator = torch.Generator().manual_seed(derive_seed(seed, SEED_IMAGE, v))
-        variants.append(dihedral_views(views, random_view_codes(tuple(views.shape[:2]), generator)))
+        copy = views if copies is None else copies[v - 1]
+        if turn:
+            generator = torch.Generator().manual_seed(derive_seed(seed, SEED_IMAGE, v))
+            copy = dihedral_views(copy, random_view_codes(tuple(copy.shape[:2]), generator))
+        variants.append(copy)
     return variants
 
 
@@ -146,7 +153,8 @@ class NoduleDataset(Dataset):
     Image augmentation, when on, turns and mirrors each of the nine planes at random (seeded by run
     seed, fold, epoch and row, like the texts). With `variants`, `views` is (N, K, ...): K fixed
     versions of each nodule (e.g. the frozen blocks' output for K augmented copies) and each epoch
-    reads one of them at random; the planes themselves are then left as they are.
+    reads one of them at random; its planes are then turned too only when `augment_images` is also on (views
+    re-rendered by acquisition augmentation, not frozen-block outputs).
     """
 
     def __init__(self, views: torch.Tensor, records: Sequence[NoduleRecord], seed: int = 0, fold: int = 0,
@@ -178,9 +186,11 @@ class NoduleDataset(Dataset):
             return self.views[i]
         generator = torch.Generator().manual_seed(
             derive_seed(self.seed, SEED_IMAGE, self.fold, self.epoch, self.records[i].row))
-        if self.variants:
-            return self.views[i][int(torch.randint(0, self.views.shape[1], (1,), generator=generator))]
         views = self.views[i]
+        if self.variants:
+            views = views[int(torch.randint(0, self.views.shape[1], (1,), generator=generator))]
+            if not self.augment_images:
+                return views
         return dihedral_views(views, random_view_codes(tuple(views.shape[:-2]), generator))
 
     def __getitem__(self, i: int) -> dict:

@@ -1,22 +1,10 @@
-"""Robustness to acquisition: re-render the CT as another scanner protocol would, before the views are cut.
+"""Robustness to acquisition: the fold ensemble's scores of views cut from re-rendered CTs, and their metrics.
 
-Perturbations, all in physical units (mm, HU), whatever the voxel spacing:
-- noise=SIGMA[:CORR]  added Gaussian noise of SIGMA HU (as at a lower dose); with CORR mm, the noise is
-                      first blurred by a Gaussian of CORR mm (correlated, as CT noise is) and rescaled
-                      so that its standard deviation is still SIGMA HU.
-- thick=T             slices T mm thick: each voxel becomes the mean over T mm along the slice axis (a box
-                      profile with fractional end weights), on the original grid. T <= slice spacing: no change.
-- smooth=SIGMA        a smoother reconstruction kernel: Gaussian blur of SIGMA mm.
-- sharp=AMOUNT        a sharper kernel: unsharp mask, v + AMOUNT * (v - blur(v)), blur of 1 mm.
-A perturbation is one `kind=strength` or several joined by '+' (applied in the order written), e.g.
-"noise=20", "thick=3+noise=10". Noise is seeded by (seed, nodule id): the same seed gives the same views.
+    risk = perturbed_risk(ensemble, records, parse_perturbations(["noise=30,smooth=1.5"]))
+    rows = robustness_rows(labels, ensemble_risk, risk)
 
-Each nodule's perturbation runs on a crop of its scan that holds every point its nine views sample, plus
-the filters' reach, so an identity perturbation gives exactly the cached views (tests check this).
-
-The package, by job: `spec` (the language: Step, Perturbation, parse_perturbations), `transforms` (pure
-functions on a volume), `pool` (re-cutting the views of perturbed scans in worker processes), and here
-the fold ensemble's scores of those views (`perturbed_risk`) and their metrics (`robustness_rows`).
+The perturbations themselves (their language, the pure transforms and the re-cutting in processes) live in
+`noduleclip.preprocess.acquisition`, which training's acquisition augmentation shares; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -26,27 +14,25 @@ from collections.abc import Sequence
 import numpy as np
 
 from noduleclip.ensemble import RunEnsemble
-from noduleclip.evaluate.perturb.pool import perturbed_views
-from noduleclip.evaluate.perturb.spec import (
+from noduleclip.evaluate.stats import delong_test
+from noduleclip.metrics.classification import classification_metrics
+from noduleclip.preprocess.acquisition import (
     KINDS,
     TRUNCATE,
     UNSHARP_SIGMA_MM,
     Perturbation,
     Step,
-    parse_perturbations,
-    parse_step,
-)
-from noduleclip.evaluate.perturb.transforms import (
     add_noise,
     crop_for_views,
+    parse_perturbations,
+    parse_step,
     perturb_volume,
+    perturbed_views,
     sharpen,
     slab_weights,
     smooth,
     thicken,
 )
-from noduleclip.evaluate.stats import delong_test
-from noduleclip.metrics.classification import classification_metrics
 
 __all__ = [
     "KINDS", "TRUNCATE", "UNSHARP_SIGMA_MM", "Perturbation", "Step", "parse_perturbations", "parse_step",

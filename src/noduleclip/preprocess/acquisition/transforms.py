@@ -12,8 +12,8 @@ import zlib
 import numpy as np
 from scipy import ndimage
 
-from noduleclip.evaluate.perturb.spec import TRUNCATE, UNSHARP_SIGMA_MM, Perturbation
 from noduleclip.io import Volume
+from noduleclip.preprocess.acquisition.spec import TRUNCATE, UNSHARP_SIGMA_MM, Perturbation
 from noduleclip.preprocess.views import ViewConfig, plane_offsets
 
 

@@ -53,6 +53,30 @@ class Perturbation:
         return "+".join(s.name for s in self.steps) or "none"
 
 
+ACQUISITION_RANGES = ("slices 1.5-5 mm thick (half the draws); a smoother kernel (blur 0.4-2 mm) or a sharper one "
+                      "(unsharp amount 0.25-1.5) or neither, a third each; noise of 5-40 HU correlated over 0-1 mm "
+                      "(half the draws); at least one of them")
+"""What `random_acquisition` draws, in words (the help texts and docs quote it)."""
+
+
+def random_acquisition(rng: np.random.Generator) -> Perturbation:
+    """A scanner protocol drawn at random from ACQUISITION_RANGES, as a Perturbation (thickness, then kernel, then
+    noise, so that the noise is not blurred away); strengths rounded to two decimals."""
+    while True:
+        steps = []
+        if rng.random() < 0.5:
+            steps.append(Step("thick", round(float(rng.uniform(1.5, 5.0)), 2)))
+        kernel = rng.integers(3)
+        if kernel == 1:
+            steps.append(Step("smooth", round(float(rng.uniform(0.4, 2.0)), 2)))
+        elif kernel == 2:
+            steps.append(Step("sharp", round(float(rng.uniform(0.25, 1.5)), 2)))
+        if rng.random() < 0.5:
+            steps.append(Step("noise", round(float(rng.uniform(5.0, 40.0)), 2), round(float(rng.uniform(0.0, 1.0)), 2)))
+        if steps:
+            return Perturbation(tuple(steps))
+
+
 def parse_step(text: str) -> Step:
     """One `kind=strength` (noise also `noise=SIGMA:MM`) as a Step; an InputError says what is wrong."""
     kind, sep, value = text.strip().partition("=")
