@@ -487,6 +487,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "test-time augmentation (the eight symmetries of a square) and compare")
     parser.add_argument("--perturb", nargs="?", const=PERTURBATIONS, help="also score each neural model out of fold "
                         f"on re-rendered crops (evaluate --perturb's language; default {PERTURBATIONS})")
+    parser.add_argument("--semantic-weight", type=float, default=0.0, help="weight of the supervised semantic heads "
+                        "beside the contrastive loss (train's option; default 0: none)")
     parser.add_argument("--acquisition-augmentation", action="store_true",
                         help="train on copies of each crop re-rendered as other scanners would (train's option)")
     parser.add_argument("--quick", action="store_true",
@@ -498,6 +500,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings["field_of_view"] = settings["field_of_view"] or None  # 0: the whole view
     if args.acquisition_augmentation:
         settings["acquisition_augmentation"] = True
+    if args.semantic_weight:
+        settings["semantic_weight"] = args.semantic_weight
     out = args.out or ROOT / "benchmarks" / "out" / ("lidc-quick" if args.quick else "lidc")
     models = parse_models(args.models)
     config = TrainConfig(**settings, threads=args.threads, cache=str((out / "ablation" / "cache").resolve())).validate()
@@ -567,6 +571,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"batch {config.batch_size}, lr {config.lr:g}, sampler {config.sampler}, "
           f"field of view {config.field_of_view or 50} mm, size weight {config.size_weight:g}, "
           f"{'acquisition augmentation, ' if config.acquisition_augmentation else ''}"
+          f"{f'semantic heads (weight {config.semantic_weight:g}), ' if config.semantic_weight else ''}"
           f"test fraction {config.test_fraction:g}" + (" (QUICK: not a result)" if args.quick else ""))
     for model, summary in results.items():
         print_model(model, summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -20,11 +21,12 @@ class LossOutput:
     image: torch.Tensor
     text: torch.Tensor
     size: torch.Tensor | None = None  # the size head's squared error, when the model has one
+    semantic: torch.Tensor | None = None  # the semantic heads' mean cross-entropy, when the model has them
 
     def as_floats(self) -> dict[str, float]:
         """The values as plain floats, for logs."""
-        names = ("total", "clip", "image", "text") + (("size",) if self.size is not None else ())
-        return {name: float(getattr(self, name).detach()) for name in names}
+        names = ("total", "clip", "image", "text", "size", "semantic")
+        return {name: float(getattr(self, name).detach()) for name in names if getattr(self, name) is not None}
 
 
 def clip_logits(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -81,26 +83,47 @@ class SizeLoss(nn.Module):
         return F.mse_loss(predicted[known].float(), target[known].float())
 
 
+class SemanticLoss(nn.Module):
+    """Mean over the semantic heads of each head's cross-entropy over the nodules whose value is known (-1: left
+    out); heads with no known value in the batch are left out of the mean, none at all gives 0."""
+
+    def forward(self, logits: Mapping[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        terms = []
+        for column, head_logits in enumerate(logits.values()):
+            target = targets[:, column]
+            known = target != UNKNOWN_LABEL
+            if bool(known.any()):
+                terms.append(F.cross_entropy(head_logits[known].float(), target[known].long()))
+        if not terms:
+            return next(iter(logits.values()))[:0].sum()  # zero, still attached to the graph
+        return torch.stack(terms).mean()
+
+
 class NoduleClipLoss(nn.Module):
     """clip_weight * InfoNCE + image_weight * CE(image head) + text_weight * CE(text head)
-    + size_weight * MSE(size head, ln diameter).
+    + size_weight * MSE(size head, ln diameter) + semantic_weight * CE(semantic heads, the radiologists' features).
 
-    Terms whose inputs are absent (no text in vision-only models, no size head or no diameters) are 0.
+    Terms whose inputs are absent (no text in vision-only models, no size head or no diameters, no semantic
+    heads or no known features) are 0.
     """
 
     def __init__(self, clip_weight: float = 1.0, image_weight: float = 1.0, text_weight: float = 1.0,
                  label_smoothing: float = 0.1, class_weights: tuple[float, float] | None = None,
-                 size_weight: float = 0.0):
+                 size_weight: float = 0.0, semantic_weight: float = 0.0):
         super().__init__()
+        self.semantic_weight = semantic_weight
+        self.semantic_loss = SemanticLoss()
         self.clip_weight, self.image_weight, self.text_weight = clip_weight, image_weight, text_weight
         self.size_weight = size_weight
         self.size_loss = SizeLoss()
         self.clip_loss = ClipLoss(label_smoothing)
         self.malignancy_loss = MalignancyLoss(class_weights)
 
-    def forward(self, output, labels: torch.Tensor, log_diameter: torch.Tensor | None = None) -> LossOutput:
+    def forward(self, output, labels: torch.Tensor, log_diameter: torch.Tensor | None = None,
+                semantic: torch.Tensor | None = None) -> LossOutput:
         """`output` is a model forward's ModelOutput; `labels` (B,) holds 1, 0 or -1 (unknown); `log_diameter`
-        (B,) the size head's targets (`log_diameter_target`), needed when the model has a size head."""
+        (B,) the size head's targets (`log_diameter_target`), needed when the model has a size head; `semantic`
+        (B, heads) the semantic heads' class indices (-1 unknown), in the order of `output.semantic_logits`."""
         labels = labels.to(output.image_logits.device)
         zero = output.image_logits.new_zeros(())
         image = self.malignancy_loss(output.image_logits, labels)
@@ -112,4 +135,8 @@ class NoduleClipLoss(nn.Module):
         if output.log_diameter is not None and log_diameter is not None:
             size = self.size_loss(output.log_diameter, log_diameter.to(output.log_diameter.device))
             total = total + self.size_weight * size
-        return LossOutput(total=total, clip=clip, image=image, text=text, size=size)
+        semantic_term = None
+        if output.semantic_logits and semantic is not None:
+            semantic_term = self.semantic_loss(output.semantic_logits, semantic.to(output.image_logits.device))
+            total = total + self.semantic_weight * semantic_term
+        return LossOutput(total=total, clip=clip, image=image, text=text, size=size, semantic=semantic_term)

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..progress import progress_bar
+from ..semantics.schema import get_feature
 from ..version import __version__
 from .backbones import DEFAULT_BACKBONE, BackboneConfig, config_from_dict, get_backbone
 from .dropout import use_fast_dropout
@@ -58,6 +59,7 @@ class ModelConfig:
     projection_dropout: float = 0.1
     field_of_view: int | None = None  # the central N x N pixels of each view go to the encoder (None: all of it)
     size_head: bool = False  # a linear head that regresses the nodule's log-diameter from the image embedding
+    semantic_heads: tuple[str, ...] = ()  # schema features, each with a linear classifier on the image embedding
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = math.log(100)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -88,6 +90,7 @@ class ModelOutput:
     text_logits: torch.Tensor | None = None
     logit_scale: torch.Tensor | None = None  # exp of the clamped learnable log-scale
     log_diameter: torch.Tensor | None = None  # (B,) the size head's ln(diameter / 10 mm), when the model has one
+    semantic_logits: dict[str, torch.Tensor] | None = None  # feature -> (B, its values), with semantic heads
 
 
 @dataclass
@@ -197,6 +200,9 @@ class NoduleClipModel(nn.Module):
         self.image_head = malignancy_head(config.embed_dim)
         # size made legible: training can ask the image embedding to carry the diameter (see NoduleClipLoss)
         self.size_head = nn.Linear(config.embed_dim, 1) if config.size_head else None
+        # and the radiologists' words: a classifier per semantic feature on the same embedding (see SemanticLoss)
+        self.semantic_heads = nn.ModuleDict({name: nn.Linear(config.embed_dim, len(get_feature(name).values))
+                                             for name in config.semantic_heads}) if config.semantic_heads else None
         self.text = towers.text if with_text else None
         if self.text is not None:
             self.text_projection = ProjectionHead(self.text.dim, config.embed_dim, config.projection_dropout)
@@ -326,6 +332,8 @@ class NoduleClipModel(nn.Module):
         output = ModelOutput(image_embeds, attention, self.image_head(image_embeds))
         if self.size_head is not None:
             output.log_diameter = self.size_head(image_embeds).squeeze(-1)
+        if self.semantic_heads is not None:
+            output.semantic_logits = {name: head(image_embeds) for name, head in self.semantic_heads.items()}
         if text is not None and self.text is not None:
             output.text_embeds = self.encode_text(text)
             output.text_logits = self.text_head(output.text_embeds)

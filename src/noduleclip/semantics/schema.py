@@ -127,6 +127,16 @@ def text_features(include_suspicion: bool = False) -> tuple[Feature, ...]:
     return tuple(f for f in FEATURES if include_suspicion or f.name != SUSPICION)
 
 
+def head_features() -> tuple[Feature, ...]:
+    """The features a semantic head can predict from the image: every categorical and binary text feature."""
+    return tuple(f for f in text_features() if not f.is_numeric)
+
+
+def class_index(feature: Feature, value: object) -> int:
+    """The position of a record's (normalised) value among the feature's values; -1 when unknown."""
+    return feature.values.index(value) if value in feature.values else -1
+
+
 def is_blank(raw: object) -> bool:
     """True for an empty cell: None, NaN, '' or 'nan' / 'na' / 'n/a' / 'none' (as the manifest reader)."""
     if raw is None:

@@ -19,6 +19,7 @@ from noduleclip.model import DEFAULT_BACKBONE, TUNING_MODES, LoraSettings
 from noduleclip.model.backbones import config_from_dict
 from noduleclip.model.checkpoint import check_safetensors_weights
 from noduleclip.preprocess.views import ViewConfig
+from noduleclip.semantics.schema import head_features
 
 SAMPLERS = ("semantic", "class", "none")
 SCHEDULES = ("constant", "cosine")
@@ -74,6 +75,9 @@ class TrainConfig:
         type=int)
     size_weight: float = _option(0.0, "weight of an auxiliary loss that regresses each nodule's log-diameter (the "
                                  "manifest's diameter) from the image embedding, so that it carries size (0: off)")
+    semantic_weight: float = _option(0.0, "weight of auxiliary classifiers that predict each categorical semantic "
+                                     "feature (margins, consistency, ...) from the image embedding, beside the "
+                                     "contrastive loss (0: off); nodules without a feature are left out of its loss")
     # protocol
     folds: int = _option(5, "cross-validation folds (patient-level, stratified by label)")
     test_fraction: float = _option(0.2, "fraction of patients held out as the test set (0: none)")
@@ -128,6 +132,7 @@ class TrainConfig:
             (self.patience >= 0, f"patience {self.patience} must not be negative"),
             (self.bootstrap >= 0, f"bootstrap {self.bootstrap} must not be negative"),
             (self.size_weight >= 0, f"size weight {self.size_weight} must not be negative"),
+            (self.semantic_weight >= 0, f"semantic weight {self.semantic_weight} must not be negative"),
             (self.field_of_view is None or 8 <= self.field_of_view <= self.views.size,
              f"field of view {self.field_of_view} must be between 8 and the views' {self.views.size} pixels"),
             (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be at least 1"),
@@ -149,12 +154,17 @@ class TrainConfig:
             check_safetensors_weights(self.weights, "--weights")
         return self
 
+    def semantic_heads(self) -> tuple[str, ...]:
+        """The features that get a semantic head: every categorical and binary one when the weight is not 0."""
+        return tuple(f.name for f in head_features()) if self.semantic_weight > 0 else ()
+
     def model_settings(self) -> dict:
         """Keyword arguments of `create_model` for this configuration."""
         return dict(
             name=self.backbone, tuning=self.tuning, image_size=self.image_size, weights=self.weights,
             random_init=self.random_init, projection_dropout=self.projection_dropout,
             field_of_view=self.field_of_view, size_head=self.size_weight > 0,
+            semantic_heads=self.semantic_heads(),
             lora=LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout,
                               image_blocks=self.lora_image_blocks),
         )

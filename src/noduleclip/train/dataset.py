@@ -37,7 +37,7 @@ from noduleclip.errors import InputError
 from noduleclip.model.losses import log_diameter_target
 from noduleclip.model.symmetry import dihedral_views
 from noduleclip.semantics import Augmentation, TextConfig, record_text
-from noduleclip.semantics.schema import text_features
+from noduleclip.semantics.schema import class_index, get_feature, text_features
 
 # Purposes of derived seeds: each random stream of a run gets its own.
 SEED_INIT, SEED_SAMPLER, SEED_DROPOUT, SEED_TEXT, SEED_IMAGE = range(5)
@@ -159,12 +159,16 @@ class NoduleDataset(Dataset):
 
     def __init__(self, views: torch.Tensor, records: Sequence[NoduleRecord], seed: int = 0, fold: int = 0,
                  augment_text: bool = True, with_text: bool = True, augment_images: bool = False,
-                 variants: bool = False):
+                 variants: bool = False, semantic_heads: Sequence[str] = ()):
         if len(views) != len(records):
             raise ValueError(f"{len(views)} view stacks for {len(records)} records")
         self.views, self.records = views, list(records)
         self.seed, self.fold, self.augment, self.with_text = seed, fold, augment_text, with_text
         self.augment_images, self.variants = augment_images, variants
+        # the semantic heads' targets: one class index per head (-1 unknown), fixed per record
+        heads = [get_feature(name) for name in semantic_heads]
+        self.semantic = torch.tensor([[class_index(f, r.features.get(f.name)) for f in heads] for r in self.records],
+                                     dtype=torch.long).reshape(len(self.records), len(heads))
         self.text_config = TextConfig(augmentation=Augmentation() if augment_text else None)
         self.epoch = 0
 
@@ -200,6 +204,7 @@ class NoduleDataset(Dataset):
             "text": self.text(i) if self.with_text else "",
             "label": UNKNOWN_LABEL if label is None else int(label),
             "log_diameter": float(log_diameter_target(record_diameter(self.records[i]))),
+            "semantic": self.semantic[i],
             "index": i,
         }
 

@@ -95,11 +95,11 @@ def monitored(scores: dict) -> float | None:
     return None if scores["loss"] is None else -scores["loss"]
 
 
-def _gather_batch(accelerator, output, labels, sizes):
-    """The whole batch's embeddings, logits (with gradients), labels and size targets, when several processes
-    share it."""
+def _gather_batch(accelerator, output, labels, sizes, semantic):
+    """The whole batch's embeddings, logits (with gradients), labels, size and semantic targets, when several
+    processes share it."""
     if accelerator.num_processes == 1:
-        return output, labels, sizes
+        return output, labels, sizes, semantic
     from torch.distributed.nn.functional import all_gather  # needs a torch built with distributed support
 
     def cat(tensor):
@@ -107,8 +107,10 @@ def _gather_batch(accelerator, output, labels, sizes):
 
     gathered = dataclasses.replace(output, image_embeds=cat(output.image_embeds), image_logits=cat(output.image_logits),
                                    text_embeds=cat(output.text_embeds), text_logits=cat(output.text_logits),
-                                   log_diameter=cat(output.log_diameter))
-    return gathered, accelerator.gather(labels), accelerator.gather(sizes)
+                                   log_diameter=cat(output.log_diameter),
+                                   semantic_logits=None if output.semantic_logits is None else
+                                   {name: cat(logits) for name, logits in output.semantic_logits.items()})
+    return gathered, accelerator.gather(labels), accelerator.gather(sizes), accelerator.gather(semantic)
 
 
 def _training_attention(accelerator):
@@ -174,7 +176,7 @@ def _train_epoch(run: _Fold, epoch: int, fold: int, config: TrainConfig, data: F
     data.train.set_epoch(epoch)
     run.model.train()
     with_text = run.network.text is not None
-    loss_fn = NoduleClipLoss(size_weight=config.size_weight)
+    loss_fn = NoduleClipLoss(size_weight=config.size_weight, semantic_weight=config.semantic_weight)
     sums: dict[str, float] = {}
     count = 0
     for batch in run.loader:
@@ -182,8 +184,9 @@ def _train_epoch(run: _Fold, epoch: int, fold: int, config: TrainConfig, data: F
         with accelerator.autocast(), _training_attention(accelerator):
             images = dict(views=None, prefix=batch["views"]) if data.prefixed else dict(views=batch["views"])
             output = run.model(text=tokens, **images)
-        output, labels, sizes = _gather_batch(accelerator, output, batch["label"], batch["log_diameter"])
-        loss = loss_fn(output, labels, sizes)
+        output, labels, sizes, semantic = _gather_batch(accelerator, output, batch["label"], batch["log_diameter"],
+                                                        batch["semantic"])
+        loss = loss_fn(output, labels, sizes, semantic)
         accelerator.backward(loss.total)
         run.optimizer.step()
         run.scheduler.step()
