@@ -372,6 +372,35 @@ def print_robustness(document: dict) -> None:
         print(f"  {model:<12} plain {num(block['rows'][0]['plain_auroc'])}  {cells}")
 
 
+def against_baseline(out: Path, baseline: Path, manifest: NoduleManifest, results: dict) -> dict:
+    """Each neural model against the same model of an earlier benchmark folder (another lever's run) on the same
+    splits: DeLong on the pooled out-of-fold scores, Wilcoxon over the folds."""
+    if (baseline / "ablation" / "splits.csv").read_text() != (out / "ablation" / "splits.csv").read_text():
+        raise InputError(f"--baseline {baseline} was run on other splits than {out}; compare runs of the same "
+                         "folds (the same manifest, --folds and seed)")
+    document = {"baseline": str(baseline), "models": {}}
+    for model in (m for m in results if m != "semantic"):
+        if not (baseline / "ablation" / model / "val_predictions.csv").is_file():
+            continue
+        before = model_summary(baseline / "ablation" / model)
+        folds = [[f["auroc"] for f in s["folds"]] for s in (results[model], before)]
+        pooled = against(manifest, pooled_predictions(out / "ablation" / model),
+                         pooled_predictions(baseline / "ablation" / model))
+        document["models"][model] = {"fold_auroc": folds, "wilcoxon_p": wilcoxon(folds[0], folds[1]).p,
+                                     "delong": pooled}
+    return document
+
+
+def print_against_baseline(document: dict) -> None:
+    print(f"\nagainst the same models in {document['baseline']} (same splits)")
+    for model, row in document["models"].items():
+        d = row["delong"]
+        print(f"  {model:<12} {num(d['auroc'])} vs {num(d['other_auroc'])} pooled "
+              f"({d['auroc'] - d['other_auroc']:+.3f}, DeLong p {d['p']:.3f}); "
+              f"fold means {num(np.mean(row['fold_auroc'][0]))} vs "
+              f"{num(np.mean(row['fold_auroc'][1]))} (Wilcoxon p {row['wilcoxon_p']:.3f})")
+
+
 def text_against_vision(out: Path, manifest: NoduleManifest, results: dict) -> dict | None:
     """lora (image + text) against vision-only on the same folds: Wilcoxon over folds and DeLong pooled."""
     if not {"lora", "vision-only"} <= set(results):
@@ -487,10 +516,14 @@ def main(argv: list[str] | None = None) -> dict:
                         "test-time augmentation (the eight symmetries of a square) and compare")
     parser.add_argument("--perturb", nargs="?", const=PERTURBATIONS, help="also score each neural model out of fold "
                         f"on re-rendered crops (evaluate --perturb's language; default {PERTURBATIONS})")
+    parser.add_argument("--baseline", type=Path, help="an earlier benchmark output folder on the same splits: "
+                        "compare each model with its run there (a lever against the recipe)")
     parser.add_argument("--semantic-weight", type=float, default=0.0, help="weight of the supervised semantic heads "
                         "beside the contrastive loss (train's option; default 0: none)")
     parser.add_argument("--acquisition-augmentation", action="store_true",
                         help="train on copies of each crop re-rendered as other scanners would (train's option)")
+    parser.add_argument("--augment-variants", type=int, help="versions of each nodule with augmentation, the first "
+                        "as it is (train's option; default 4)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny random towers, 20 patients, 2 folds, 1 epoch")
     args = parser.parse_args(argv)
@@ -500,6 +533,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings["field_of_view"] = settings["field_of_view"] or None  # 0: the whole view
     if args.acquisition_augmentation:
         settings["acquisition_augmentation"] = True
+    if args.augment_variants:
+        settings["augment_variants"] = args.augment_variants
     if args.semantic_weight:
         settings["semantic_weight"] = args.semantic_weight
     out = args.out or ROOT / "benchmarks" / "out" / ("lidc-quick" if args.quick else "lidc")
@@ -570,7 +605,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{config.image_size} px, LoRA in the last {config.lora_image_blocks} image blocks, "
           f"batch {config.batch_size}, lr {config.lr:g}, sampler {config.sampler}, "
           f"field of view {config.field_of_view or 50} mm, size weight {config.size_weight:g}, "
-          f"{'acquisition augmentation, ' if config.acquisition_augmentation else ''}"
+          + (f"acquisition augmentation ({config.augment_variants - 1} copies), "
+             if config.acquisition_augmentation else "") +
           f"{f'semantic heads (weight {config.semantic_weight:g}), ' if config.semantic_weight else ''}"
           f"test fraction {config.test_fraction:g}" + (" (QUICK: not a result)" if args.quick else ""))
     for model, summary in results.items():
@@ -590,6 +626,9 @@ def main(argv: list[str] | None = None) -> dict:
         print_tta(tta)
     if robust:
         print_robustness(robust)
+    baseline = against_baseline(out, args.baseline, manifest, results) if args.baseline else None
+    if baseline:
+        print_against_baseline(baseline)
     strata = size_strata(manifest, {m: pooled_predictions(out / "ablation" / m) for m in results})
     print_size_strata(strata)
     text = text_against_vision(out, manifest, results)
@@ -605,7 +644,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     document = jsonable({"settings": settings | {"quick": args.quick, "models": models, "nodules": len(manifest)},
                          "seconds": seconds, "models": results, "same_fold_baselines": baselines,
-                         "levers": levers, "tta": tta, "robustness": robust, "text_against_vision": text,
+                         "levers": levers, "tta": tta, "robustness": robust, "against_baseline": baseline,
+                         "text_against_vision": text,
                          "goal_lines": goals, "size_strata": strata,
                          "zero_shot": zero_shot, "xml_semantic": xml, "goals": GOALS, "references": REFERENCES})
     write_text(out / "lidc_benchmark.json", json.dumps(document, indent=2) + "\n")

@@ -33,7 +33,7 @@ def model_block(stdout: str, model: str) -> list[str]:
 def test_quick_benchmark_scores_every_nodule_once_out_of_fold(shared_data, tmp_path):
     out = tmp_path / "lidc"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lidc.py"), "--quick", "--threads", "1",
-                           "--data", str(shared_data), "--out", str(out), "--levers", "--tta"],
+                           "--data", str(shared_data), "--out", str(out), "--levers", "--tta", "--perturb"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "zero-shot margins" in done.stdout and "diameter alone (same folds)" in done.stdout
@@ -112,3 +112,38 @@ def test_quick_benchmark_scores_every_nodule_once_out_of_fold(shared_data, tmp_p
     xml = document["xml_semantic"]
     assert "malignancy" not in xml["features"] and "diameter_mm" in xml["features"]
     assert xml["pooled_auroc"] > 0.75
+
+    # robustness: every neural model scored out of fold on re-rendered crops, against its own plain scores
+    robust = document["robustness"]
+    assert robust["perturbations"] == ["noise=30", "smooth=1.5", "sharp=1", "thick=3"]
+    for model, block in robust["models"].items():
+        assert [r["perturbation"] for r in block["rows"]] == robust["perturbations"]
+        for row in block["rows"]:
+            assert row["n"] == labelled
+            assert row["plain_auroc"] == pytest.approx(document["models"][model]["nodule"]["auroc"])
+            assert row["delta_auroc"] == pytest.approx(row["auroc"] - row["plain_auroc"])
+    assert sum(t.startswith("lora robust to acquisition") for t in texts) == 1
+
+
+@pytest.mark.slow
+def test_quick_benchmark_compares_a_lever_with_an_earlier_run_on_the_same_splits(shared_data, tmp_path):
+    """A second run with the two training levers (acquisition augmentation, semantic heads) against the first."""
+    def run(out, *extra):
+        return subprocess.run([sys.executable, str(REPO / "benchmarks" / "lidc.py"), "--quick", "--threads", "1",
+                               "--data", str(shared_data), "--out", str(out), "--models", "lora", *extra],
+                              capture_output=True, text=True, timeout=600)
+    first = run(tmp_path / "plain")
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run(tmp_path / "levers", "--acquisition-augmentation", "--semantic-weight", "0.5",
+                 "--baseline", str(tmp_path / "plain"))
+    assert second.returncode == 0, second.stderr[-2000:]
+    plain = json.loads((tmp_path / "plain" / "lidc_benchmark.json").read_text())
+    levers = json.loads((tmp_path / "levers" / "lidc_benchmark.json").read_text())
+    trained = json.loads((tmp_path / "levers" / "ablation" / "lora" / "config.json").read_text())["train"]
+    assert trained["acquisition_augmentation"] is True and trained["semantic_weight"] == 0.5
+    epochs = [e for e in read_log(tmp_path / "levers" / "ablation" / "lora") if e["event"] == "epoch"]
+    assert all(e["train"]["semantic"] > 0 for e in epochs)
+    row = levers["against_baseline"]["models"]["lora"]
+    assert row["delong"]["auroc"] == pytest.approx(levers["models"]["lora"]["nodule"]["auroc"])
+    assert row["delong"]["other_auroc"] == pytest.approx(plain["models"]["lora"]["nodule"]["auroc"])
+    assert row["fold_auroc"][1] == [f["auroc"] for f in plain["models"]["lora"]["folds"]]
