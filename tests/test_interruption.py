@@ -92,12 +92,18 @@ def cached(cache: Path) -> list[Path]:
     return [p for p in views.glob("*.npz") if not p.name.startswith(".")] if views.is_dir() else []
 
 
+def _default_sigint() -> None:
+    """In the child before it starts: Ctrl-C's default action, even when this test runs in a background job, whose
+    shell ignores SIGINT (Python then keeps ignoring it and the command would run to its end)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_preprocess(manifest: Path, cache: Path) -> tuple[subprocess.Popen, list[psutil.Process]]:
     """`noduleclip preprocess --workers 2` in its own process group, once it has cached a nodule; and its children."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     process = subprocess.Popen([sys.executable, "-m", "noduleclip", "preprocess", str(manifest), "--out", str(cache),
                                 "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 60
     while not cached(cache) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
