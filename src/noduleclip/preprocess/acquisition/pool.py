@@ -55,7 +55,7 @@ def rendered_views(records: Sequence, plans: Sequence[Plan], config: ViewConfig 
     once. A nodule that cannot be rendered stops the work with an InputError naming it and `purpose`."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, record in enumerate(records):
-        groups[str(record.image)].append(i)
+        groups[f"{record.image}|{record.series_uid or ''}"].append(i)  # one read per scan, as the preprocessing
     jobs = [([records[i] for i in at], [plans[i] for i in at]) for at in groups.values()]
     found: dict[str, list] = {}
     bar = progress_bar(total=len(records), unit="nodule", desc="re-rendered views", disable=not progress)
