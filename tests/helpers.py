@@ -377,3 +377,21 @@ def delong_p(labels, a, b) -> float:
     (xa, ya, auc_a), (xb, yb, auc_b) = placements(a), placements(b)
     cov = np.cov(np.vstack([xa, xb])) / pos.sum() + np.cov(np.vstack([ya, yb])) / neg.sum()
     return float(2 * stats.norm.sf(abs(auc_a - auc_b) / np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])))
+
+
+def write_sphere_scans(root: Path) -> Path:
+    """A manifest of four nodules in two flat -800 HU scans (0.7 x 0.7 x 1.25 mm and 1 x 1 x 2.5 mm) with a 5 mm
+    sphere of 50 HU at the origin: one nodule there, one beside it, in each scan (NIfTI, int16)."""
+    rows = ["patient_id,nodule_id,image,coord_x,coord_y,coord_z,label"]
+    for p, spacing in enumerate([(0.7, 0.7, 1.25), (1.0, 1.0, 2.5)]):
+        volume = Volume(np.full((60, 90, 90), -800.0, dtype=np.float32), origin=(-30.0, -30.0, -60.0),
+                        spacing=spacing)
+        add_sphere(volume, (0.0, 0.0, 0.0), 5.0, hu=50.0)
+        image = sitk.GetImageFromArray(volume.array.astype(np.int16))
+        image.SetSpacing(spacing)
+        image.SetOrigin(tuple(volume.origin))
+        sitk.WriteImage(image, str(root / f"p{p}.nii.gz"))
+        rows += [f"P{p},P{p}-a,p{p}.nii.gz,0,0,0,1", f"P{p},P{p}-b,p{p}.nii.gz,5,3,-2,0"]
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    return root / "m.csv"
+

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
-from helpers import BASE, add_sphere, assert_same_results, comparable_log
+from helpers import BASE, assert_same_results, comparable_log, write_sphere_scans
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
-from noduleclip.io import Volume, read_volume
+from noduleclip.io import read_volume
 from noduleclip.preprocess.acquisition import (
     acquisition_plan,
     acquisition_views,
@@ -54,23 +53,8 @@ def test_a_nodules_protocols_depend_on_its_id_and_the_seed_only():
     assert len({key for _, key in plan}) == 3  # each copy its own noise
 
 
-def write_manifest(tmp_path: Path) -> list:
-    rows = ["patient_id,nodule_id,image,coord_x,coord_y,coord_z,label"]
-    for p, spacing in enumerate([(0.7, 0.7, 1.25), (1.0, 1.0, 2.5)]):
-        volume = Volume(np.full((60, 90, 90), -800.0, dtype=np.float32), origin=(-30.0, -30.0, -60.0),
-                        spacing=spacing)
-        add_sphere(volume, (0.0, 0.0, 0.0), 5.0, hu=50.0)
-        image = sitk.GetImageFromArray(volume.array.astype(np.int16))
-        image.SetSpacing(spacing)
-        image.SetOrigin(tuple(volume.origin))
-        sitk.WriteImage(image, str(tmp_path / f"p{p}.nii.gz"))
-        rows += [f"P{p},P{p}-a,p{p}.nii.gz,0,0,0,1", f"P{p},P{p}-b,p{p}.nii.gz,5,3,-2,0"]
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    return list(NoduleManifest.read(tmp_path / "m.csv"))
-
-
 def test_copies_are_each_nodules_own_protocols_rendered_and_cut_as_the_cache_cuts(tmp_path: Path):
-    records, config = write_manifest(tmp_path), ViewConfig()
+    records, config = list(NoduleManifest.read(write_sphere_scans(tmp_path))), ViewConfig()
     copies = acquisition_views(records, 2, config, seed=3, workers=2)
     assert len(copies) == 2 and all(c.shape == (4, 9, 50, 50) and c.dtype == np.float16 for c in copies)
     for i, record in enumerate(records):

@@ -4,22 +4,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
-from helpers import add_sphere, delong_p, make_volume
+from helpers import add_sphere, delong_p, make_volume, write_sphere_scans
 from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
-from noduleclip.evaluate.perturb import (
+from noduleclip.evaluate.perturb import robustness_rows
+from noduleclip.io.volume import Volume
+from noduleclip.preprocess.acquisition import (
     Perturbation,
     Step,
     crop_for_views,
     parse_perturbations,
     perturb_volume,
     perturbed_views,
-    robustness_rows,
     slab_weights,
 )
-from noduleclip.io.volume import Volume
 from noduleclip.preprocess.views import ViewConfig, sample_planes
 
 
@@ -133,18 +132,7 @@ def test_a_crop_samples_exactly_what_the_whole_scan_does():
 
 
 def test_perturbed_views_of_a_manifest(tmp_path: Path):
-    rows = ["patient_id,nodule_id,image,coord_x,coord_y,coord_z,label"]
-    for p, spacing in enumerate([(0.7, 0.7, 1.25), (1.0, 1.0, 2.5)]):
-        volume = flat((60, 90, 90), spacing=spacing, hu=-800.0)
-        volume.origin = np.array([-30.0, -30.0, -60.0])
-        add_sphere(volume, (0.0, 0.0, 0.0), 5.0, hu=50.0)
-        image = sitk.GetImageFromArray(volume.array.astype(np.int16))
-        image.SetSpacing(spacing)
-        image.SetOrigin(tuple(volume.origin))
-        sitk.WriteImage(image, str(tmp_path / f"p{p}.nii.gz"))
-        rows += [f"P{p},P{p}-a,p{p}.nii.gz,0,0,0,1", f"P{p},P{p}-b,p{p}.nii.gz,5,3,-2,0"]
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    records = list(NoduleManifest.read(tmp_path / "m.csv"))
+    records = list(NoduleManifest.read(write_sphere_scans(tmp_path)))
     perturbations = parse_perturbations(["smooth=1.5,noise=30"])
     views = perturbed_views(records, [Perturbation(())] + perturbations, seed=2)
     assert list(views) == ["none", "smooth=1.5", "noise=30"] and views["none"].shape == (4, 9, 50, 50)

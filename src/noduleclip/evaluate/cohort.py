@@ -33,9 +33,9 @@ from noduleclip.evaluate import compare, gallery, perturb, zero_shot
 from noduleclip.evaluate.compare import ComparedScores, aligned_scores
 from noduleclip.evaluate.evaluation_report import OURS, write_evaluation_report
 from noduleclip.evaluate.gallery import GalleryTile
-from noduleclip.evaluate.perturb import Perturbation
 from noduleclip.metrics.classification import calibration_curve, patient_level
 from noduleclip.plots import plot_calibration, plot_roc_pr
+from noduleclip.preprocess.acquisition import Perturbation, parse_perturbations
 from noduleclip.preprocess.cache import ViewCache
 from noduleclip.preprocess.pipeline import default_workers, preprocess_manifest
 from noduleclip.train.results import brief_scores, scored_set, write_predictions
@@ -125,7 +125,7 @@ def evaluate_manifest(run: str | os.PathLike, manifest_path: str | os.PathLike, 
 def _parse_options(options: EvaluationOptions) -> tuple[list[Perturbation], list[ComparedScores]]:
     """The perturbations and the compared models' scores that `options` names, checked: user errors before any work."""
 
-    perturbations = perturb.parse_perturbations(options.perturb)
+    perturbations = parse_perturbations(options.perturb)
     compared = [compare.read_scores(spec) for spec in options.compare]
     if len({c.name for c in compared}) < len(compared):
         raise InputError("two --compare models have the same NAME; give each its own name")

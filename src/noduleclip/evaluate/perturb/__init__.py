@@ -4,7 +4,7 @@
     rows = robustness_rows(labels, ensemble_risk, risk)
 
 The perturbations themselves (their language, the pure transforms and the re-cutting in processes) live in
-`noduleclip.preprocess.acquisition`, which training's acquisition augmentation shares; they are re-exported here.
+`noduleclip.preprocess.acquisition`, which training's acquisition augmentation shares.
 """
 
 from __future__ import annotations
@@ -16,29 +16,9 @@ import numpy as np
 from noduleclip.ensemble import RunEnsemble
 from noduleclip.evaluate.stats import delong_test
 from noduleclip.metrics.classification import classification_metrics
-from noduleclip.preprocess.acquisition import (
-    KINDS,
-    TRUNCATE,
-    UNSHARP_SIGMA_MM,
-    Perturbation,
-    Step,
-    add_noise,
-    crop_for_views,
-    parse_perturbations,
-    parse_step,
-    perturb_volume,
-    perturbed_views,
-    sharpen,
-    slab_weights,
-    smooth,
-    thicken,
-)
+from noduleclip.preprocess.acquisition import Perturbation, perturbed_views
 
-__all__ = [
-    "KINDS", "TRUNCATE", "UNSHARP_SIGMA_MM", "Perturbation", "Step", "parse_perturbations", "parse_step",
-    "add_noise", "crop_for_views", "perturb_volume", "sharpen", "slab_weights", "smooth", "thicken",
-    "perturbed_views", "perturbed_risk", "robustness_rows",
-]
+__all__ = ["perturbed_risk", "robustness_rows"]
 
 
 def robustness_rows(labels: np.ndarray, risk: np.ndarray, perturbed_risk: dict[str, np.ndarray]) -> list[dict]:
