@@ -2,7 +2,8 @@
 
 Each module in `COMMANDS` defines `register(subparsers)`, which adds its parser and sets
 `func` to a function taking the parsed arguments and returning an exit code. Only the module of the
-command being run is imported (some pull in torch or scikit-learn); `--help` imports them all.
+command being run is imported (some pull in torch or scikit-learn); `noduleclip --help` imports none of
+them: it lists the summaries of `noduleclip.commands.SUMMARIES`.
 """
 
 from __future__ import annotations
@@ -13,22 +14,11 @@ import logging
 import re
 import sys
 
+from noduleclip.commands import SUMMARIES
 from noduleclip.errors import NoduleClipError
 from noduleclip.version import __version__
 
-COMMANDS = {  # subcommand -> the module that registers it
-    "preprocess": "noduleclip.commands.preprocess",
-    "views": "noduleclip.commands.views",
-    "train": "noduleclip.commands.train",
-    "evaluate": "noduleclip.commands.evaluate",
-    "predict": "noduleclip.commands.predict",
-    "synth": "noduleclip.commands.synth",
-    "demo": "noduleclip.commands.demo",
-    "ablate": "noduleclip.commands.ablate",
-    "import-lidc": "noduleclip.commands.imports",
-    "import-crops": "noduleclip.commands.imports",
-    "import-luna": "noduleclip.commands.imports",
-}
+COMMANDS = {name: module for name, (module, _) in SUMMARIES.items()}  # subcommand -> its module
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -40,9 +30,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"noduleclip {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    modules = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
-    for name in modules:
-        importlib.import_module(name).register(sub)
+    if command in COMMANDS:
+        importlib.import_module(COMMANDS[command]).register(sub)
+    else:  # the list of commands: their summaries, without importing a single command module
+        for name, (_, text) in SUMMARIES.items():
+            sub.add_parser(name, help=text)
     return parser
 
 

@@ -8,6 +8,7 @@ each model sets. Running the command again reuses finished models and finished f
 
 from __future__ import annotations
 
+from noduleclip.commands import summary
 from noduleclip.commands.preprocess import add_view_options
 from noduleclip.commands.train import add_train_options, train_config
 
@@ -19,7 +20,7 @@ def register(sub) -> None:
     from noduleclip.ablate.runner import MODELS
 
     p = sub.add_parser(
-        "ablate", help="train the ablation models on shared splits and compare them (Table 4)",
+        "ablate", help=summary("ablate"),
         description="Train full fine-tuning, linear probing, LoRA and vision-only models and a semantic-features-only "
         "logistic regression on the same patient-level splits, then tabulate per-fold and ensemble AUROC/AUPRC with "
         "Friedman/Nemenyi, Wilcoxon and DeLong tests in DIR/report.html. Re-run the same command to resume.",

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from noduleclip.commands import summary
+
 
 def register(sub) -> None:
     from noduleclip.demo import DemoConfig
 
-    p = sub.add_parser("demo", help="synthetic cohorts -> training -> internal and external evaluation",
+    p = sub.add_parser("demo", help=summary("demo"),
                        description="A first result with no data of your own: a synthetic screening cohort trains the "
                        "offline backbone with LoRA under patient-level cross-validation, and the fold ensemble is "
                        "evaluated on held-out patients and on an external cohort from another acquisition preset. "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from noduleclip.commands import summary
+
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a trained run's fold ensemble on a manifest (e.g. an external cohort)",
+    p = sub.add_parser("evaluate", help=summary("evaluate"),
                        description="Cut the manifest's views as the run did, score them with every fold model and "
                        "their mean, and write predictions.csv, patient_predictions.csv, metrics.json (AUROC and AUPRC "
                        "with 95% bootstrap intervals, FPR and precision at recall 0.6-0.9, Brier score), roc.png, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
+from noduleclip.commands import summary
 from noduleclip.importers.lidc_xml import LidcConfig
 
 
@@ -27,7 +28,7 @@ def _config(args) -> LidcConfig:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("import-lidc", help="LIDC-IDRI XML reads (+ CT series) -> nodule manifest",
+    p = sub.add_parser("import-lidc", help=summary("import-lidc"),
                        description="Group the LIDC readers' marks into nodules (consensus ratings, diameter, centre, "
                        "label) and write a manifest with world LPS centres for every CT series under --dicom that "
                        "has a read. Without --dicom, write a ratings table (no images: pixel distances use a nominal "
@@ -43,7 +44,7 @@ def register(sub) -> None:
     _add_label_options(p)
     p.set_defaults(func=run_lidc)
 
-    p = sub.add_parser("import-crops", help="a folder of nodule crops with a CSV -> nodule manifest",
+    p = sub.add_parser("import-crops", help=summary("import-crops"),
                        description="Turn a CSV of nodule crops (patient_id, image, optional nodule_id, coordinates, "
                        "mask, label, LIDC or schema feature columns) into a manifest. Given coordinates are kept; "
                        "otherwise the crop's centre (or its mask's centroid) is the nodule centre.")
@@ -53,7 +54,7 @@ def register(sub) -> None:
     _add_label_options(p)
     p.set_defaults(func=run_crops)
 
-    p = sub.add_parser("import-luna", help="a LUNA16-style nodule list + scans -> nodule manifest",
+    p = sub.add_parser("import-luna", help=summary("import-luna"),
                        description="Turn seriesuid,coordX,coordY,coordZ[,diameter_mm][,class|label] rows and a folder "
                        "of <seriesuid>.mhd/.nii/.nii.gz files or <seriesuid> DICOM folders into a manifest.")
     p.add_argument("annotations", help="annotations CSV (LUNA16 format)")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import time
 
+from noduleclip.commands import summary
+
 
 def register(sub) -> None:
     from noduleclip.commands.views import add_series_option
 
     p = sub.add_parser(
-        "predict", help="predict the malignancy risk and semantic profile of nodules in one CT",
+        "predict", help=summary("predict"),
         description="Read one CT (DICOM series folder, NIfTI, MHA/MHD or NRRD), cut the nine views around each "
         "nodule, and score them with a trained run's fold models: the calibrated malignancy risk (the mean of the "
         "folds, through the run's calibrator.json; stated as uncalibrated when the run has none), the zero-shot "

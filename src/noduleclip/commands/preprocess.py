@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from noduleclip.commands import summary
 from noduleclip.preprocess.views import ViewConfig
 
 
@@ -29,7 +30,7 @@ def view_config(args) -> ViewConfig:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("preprocess", help="cut and cache the nine views of every nodule of a manifest",
+    p = sub.add_parser("preprocess", help=summary("preprocess"),
                        description="Read each CT once and cache the nine 2.5D views of its nodules. "
                        "Nodules already cached are skipped; a failed nodule is reported and the rest complete "
                        "(exit status 1 when any failed).")

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from noduleclip.commands import summary
+
 
 def _default_workers() -> int:
     try:
@@ -21,7 +23,7 @@ def register(subparsers) -> None:
     presets = "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())
     parser = subparsers.add_parser(
         "synth",
-        help="write a synthetic chest-CT cohort with known truth (DICOM + manifest)",
+        help=summary("synth"),
         description=(
             "Write a synthetic cohort: one chest CT per patient as a DICOM series, nodules rendered from "
             "their semantic features, malignancy drawn from a documented logistic risk model, and "
@@ -50,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
         args.out, args.patients, seed=args.seed, preset=args.preset, workers=args.workers,
         prevalence=args.prevalence, overwrite=args.overwrite, progress=not args.no_progress,
     )
-    summary = json.loads((manifest.parent / "cohort.json").read_text())
+    cohort = json.loads((manifest.parent / "cohort.json").read_text())
     print(
-        f"wrote {summary['patients']} patients, {summary['nodules']} nodules "
-        f"({summary['nodule_prevalence']:.0%} malignant; {summary['patient_prevalence']:.0%} of patients) "
+        f"wrote {cohort['patients']} patients, {cohort['nodules']} nodules "
+        f"({cohort['nodule_prevalence']:.0%} malignant; {cohort['patient_prevalence']:.0%} of patients) "
         f"to {manifest}"
     )
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from noduleclip.commands import summary
 from noduleclip.commands.preprocess import add_view_options, view_config
 from noduleclip.errors import InputError
 
@@ -39,7 +40,7 @@ def check_png_out(out: str) -> Path:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("views", help="draw the nine views of one nodule to a PNG",
+    p = sub.add_parser("views", help=summary("views"),
                        description="Cut the nine 2.5D views around a nodule and draw them, labelled by plane, "
                        "so that a person can check them by eye.")
     p.add_argument("image", help="CT: DICOM series folder, NIfTI, MHA/MHD or NRRD")
