@@ -11,10 +11,16 @@ give the same numbers for the same nodule. The fold models share their towers, s
 once and each fold's trained tensors (adapters, MIL, projections, heads; whole towers when fine-tuned)
 are swapped in turn. Where the bottom image blocks are frozen (probing, LoRA on the top blocks only)
 they are the same for every fold: their output is computed once per batch and each fold finishes it.
+
+The zero-shot prompts' embeddings depend only on the fold models, so training stores them in the run
+(`prompt_embeddings.safetensors`, see `write_prompt_embeddings`). `RunEnsemble.load(run, text=False)`
+builds the network without its text tower and reads them there: `predict` saves the text tower's build and
+pass. A prompt that the file lacks (or a file written for other fold weights) brings the text tower back.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -23,19 +29,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
+from noduleclip.atomic import atomic_path, file_sha256
 from noduleclip.errors import InputError
 from noduleclip.metrics.calibration import Calibrator, load_calibrator
 from noduleclip.model import NoduleClipModel, load_model, read_model_config
-from noduleclip.model.checkpoint import WEIGHTS_FILE
+from noduleclip.model.checkpoint import WEIGHTS_FILE, without_text_path
 from noduleclip.model.symmetry import SQUARE_SYMMETRIES, dihedral_views
 from noduleclip.run_folder import RunSettings, check_run_complete, fold_model_folder
-from noduleclip.semantics.prompts import PromptSet
+from noduleclip.semantics.prompts import PAPER, PromptSet, build_prompts
 
 Probabilities = dict[str, tuple[tuple[str, ...], np.ndarray]]  # feature -> (class values, N x V)
 _SAME_KIND = ("backbone", "tuning", "image_size", "field_of_view", "tower_fingerprint")
+PROMPT_FILE = "prompt_embeddings.safetensors"  # in a run folder: each fold model's embeddings of the paper's prompts
 
 
 @dataclass
@@ -62,33 +70,42 @@ class RunEnsemble:
     """The fold models of a run: one network with each fold's trained tensors swapped in on demand."""
 
     def __init__(self, network: NoduleClipModel, states: Sequence[dict[str, torch.Tensor]],
-                 settings: RunSettings | None = None, calibrator: Calibrator | None = None, run: Path | None = None):
+                 settings: RunSettings | None = None, calibrator: Calibrator | None = None, run: Path | None = None,
+                 folders: Sequence[Path] = ()):
         if not states:
             raise InputError("an ensemble needs at least one fold model")
         self.network, self.states = network.eval(), list(states)
-        self.settings, self.calibrator, self.run = settings, calibrator, run
+        self.settings, self.calibrator, self.run, self.folders = settings, calibrator, run, list(folders)
         self._loaded: int | None = None
         self._prompts: dict[tuple, torch.Tensor] = {}  # (fold, prompt texts) -> prompt embeddings
+        self._stored: list[dict[str, np.ndarray]] | None = None  # per fold: prompt text -> stored embedding
         self.timings: dict[str, float] = {}  # seconds spent in each part of the last `score` / `zero_shot`
 
     # -- loading -----------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, run: str | os.PathLike, device: str = "cpu") -> RunEnsemble:
-        """A finished run folder of `noduleclip train`: its fold models (each fold's best epoch) and calibrator."""
+    def load(cls, run: str | os.PathLike, device: str = "cpu", text: bool = True) -> RunEnsemble:
+        """A finished run folder of `noduleclip train`: its fold models (each fold's best epoch) and calibrator.
+
+        `text=False`: build the network without its text tower while the run's stored prompt embeddings fit its
+        fold models; zero-shot reads them (and builds the text tower only for a prompt they lack).
+        """
         run = Path(run)
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             raise InputError(f"device {device!r} needs a CUDA GPU, and none is available here; use device 'cpu'")
         _, settings = check_run_complete(run)
         folders = [fold_model_folder(run, k) for k in range(settings.folds)]
-        ensemble = cls.from_folders(folders, device)
-        ensemble.settings, ensemble.calibrator, ensemble.run = settings, load_calibrator(run), run
+        stored = None if text else _read_prompt_file(run, folders)
+        ensemble = cls.from_folders(folders, device, image_only=stored is not None)
+        ensemble.settings, ensemble.calibrator, ensemble.run, ensemble._stored = (settings, load_calibrator(run), run,
+                                                                                  stored)
         return ensemble
 
     @classmethod
-    def from_folders(cls, folders: Sequence[str | os.PathLike], device: str = "cpu") -> RunEnsemble:
+    def from_folders(cls, folders: Sequence[str | os.PathLike], device: str = "cpu",
+                     image_only: bool = False) -> RunEnsemble:
         """The models saved in `folders` (one per fold, all of one kind), with no run around them."""
         folders = [Path(f) for f in folders]
-        network = load_model(folders[0], device=device)
+        network = load_model(folders[0], device=device, image_only=image_only)
         base, base_document = read_model_config(folders[0])
         expected = {name: tensor.shape for name, tensor in network.saved_state_dict().items()}
         states = []
@@ -98,8 +115,16 @@ class RunEnsemble:
                     document.get("towers_saved") != base_document.get("towers_saved"):
                 raise InputError(f"{folder} holds another kind of model than {folders[0]} (backbone, tuning or towers "
                                  "differ); the run folder mixes runs, so train it again")
-            states.append(_read_state(folder, expected, device))
-        return cls(network, states)
+            states.append(_read_state(folder, expected, device, network.image_only))
+        return cls(network, states, folders=folders)
+
+    def _with_text_tower(self) -> None:
+        """Rebuild the network with its text tower (an image-only ensemble asked for a prompt it has not stored)."""
+        if not self.network.image_only:
+            return
+        device = str(self.network.logit_scale.device)
+        ensemble = RunEnsemble.from_folders(self.folders, device)
+        self.network, self.states, self._loaded = ensemble.network, ensemble.states, None
 
     # -- properties --------------------------------------------------------------------------------------
     @property
@@ -108,8 +133,8 @@ class RunEnsemble:
 
     @property
     def has_text(self) -> bool:
-        """Whether the models have a text tower (a vision-only run has none: no zero-shot prediction)."""
-        return self.network.text is not None
+        """Whether the models have a text path (a vision-only run has none: no zero-shot prediction)."""
+        return self.network.text is not None or self.network.image_only
 
     @property
     def field_of_view(self) -> int | None:
@@ -185,7 +210,10 @@ class RunEnsemble:
             raise InputError("this run is vision-only: its models have no text tower, so there is no zero-shot "
                              "prediction")
         key = (k, tuple(texts))
+        if key not in self._prompts and self._stored is not None and all(t in self._stored[k] for t in texts):
+            self._prompts[key] = np.stack([self._stored[k][t] for t in texts])
         if key not in self._prompts:
+            self._with_text_tower()
             self._use_fold(k)
             distinct = list(dict.fromkeys(texts))  # e.g. the binary features share "No findings."
             with torch.inference_mode():
@@ -195,8 +223,23 @@ class RunEnsemble:
         return self._prompts[key]
 
     def clear_prompt_cache(self) -> None:
-        """Forget the prompt embeddings kept from earlier `zero_shot` calls (e.g. to time the text tower)."""
+        """Forget the prompt embeddings kept from earlier `zero_shot` calls and the run's stored ones (e.g. to time
+        the text tower)."""
         self._prompts.clear()
+        self._stored = None
+
+    def write_prompt_embeddings(self, texts: Sequence[str] | None = None) -> Path:
+        """Store each fold model's embeddings of `texts` (default: all the paper's prompts) in the run folder, with
+        the digests of the fold weights they came from, for `load(run, text=False)`."""
+        if self.run is None or not self.has_text:
+            raise InputError("only a run's ensemble with a text path has prompt embeddings to store")
+        texts = list(dict.fromkeys(texts if texts is not None else build_prompts(PAPER).texts))
+        tensors = {f"fold_{k}": torch.from_numpy(self.prompt_embeddings(k, texts)).float().contiguous()
+                   for k in range(self.folds)}
+        metadata = {"texts": json.dumps(texts), "weights": json.dumps(_weight_digests(self.folders))}
+        with atomic_path(self.run / PROMPT_FILE) as path:
+            save_file(tensors, str(path), metadata=metadata)
+        return self.run / PROMPT_FILE
 
     def zero_shot(self, scores: EnsembleScores, prompts: PromptSet) -> Probabilities:
         """{feature: (values, N x V)}: each fold model's softmax over a feature's classes (cosine similarity of
@@ -214,12 +257,38 @@ class RunEnsemble:
         return {f: (prompts.values(f), total[f] / len(scores.folds)) for f in prompts.features}
 
 
-def _read_state(folder: Path, expected: dict, device: str) -> dict[str, torch.Tensor]:
-    """A fold model's saved tensors, checked against the network they are to be loaded into."""
+def _weight_digests(folders: Sequence[Path]) -> list[str]:
+    return [file_sha256(Path(folder) / WEIGHTS_FILE) for folder in folders]
+
+
+def _read_prompt_file(run: Path, folders: Sequence[Path]) -> list[dict[str, np.ndarray]] | None:
+    """Per fold, prompt text -> the embedding stored in the run; None without a file that fits these fold weights."""
+    path = run / PROMPT_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            texts, weights = json.loads(metadata["texts"]), json.loads(metadata["weights"])
+            if weights != _weight_digests(folders):
+                return None  # written for other fold weights (a fold trained again): the text tower decides
+            tables = [handle.get_tensor(f"fold_{k}").double().numpy() for k in range(len(folders))]
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError):
+        return None  # unreadable: only a shortcut is lost, the text tower gives the same embeddings
+    if any(table.shape[0] != len(texts) for table in tables):
+        return None
+    return [dict(zip(texts, table, strict=True)) for table in tables]
+
+
+def _read_state(folder: Path, expected: dict, device: str, image_only: bool = False) -> dict[str, torch.Tensor]:
+    """A fold model's saved tensors, checked against the network they are to be loaded into (an image-only one takes
+    all but the text path's)."""
     try:
         state = load_file(str(folder / WEIGHTS_FILE), device=device)
     except (SafetensorError, OSError) as error:
         raise InputError(f"cannot read {folder / WEIGHTS_FILE} ({error}); the run folder is damaged") from None
+    if image_only:
+        state = without_text_path(state, expected)
     if {name: tensor.shape for name, tensor in state.items()} != expected:
         raise InputError(f"{folder / WEIGHTS_FILE} does not fit the run's model; the run folder is damaged")
     return state

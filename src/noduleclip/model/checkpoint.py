@@ -8,6 +8,8 @@ the backbone registry and refuses a folder whose tensors or towers do not match 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -18,6 +20,7 @@ from ..errors import InputError
 from ..typed_json import read_json_object
 from .model import ModelConfig, NoduleClipModel, create_model_from_config
 
+TEXT_PREFIXES = ("text.", "text_projection.", "text_head.")  # what an image-only model leaves out of a saved one
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
 FORMAT = "noduleclip-model"
@@ -28,6 +31,9 @@ RANDOM_WARNING = "RANDOM TOWER WEIGHTS: this model's towers are not pretrained; 
 
 def save_model(model: NoduleClipModel, folder: str | Path) -> Path:
     """Write the model's trained weights and configuration into `folder` (atomically); return the folder."""
+    if model.image_only:
+        raise InputError("This model was loaded image-only, for inference, so it lacks its text path; save the "
+                         "model it was loaded from instead.")
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.saved_state_dict().items()}
     document = {
         "format": FORMAT,
@@ -75,8 +81,18 @@ def check_safetensors_weights(weights: str | Path, where: str) -> None:
                          "save_pretrained(..., safe_serialization=True)) and pass that folder.")
 
 
-def load_model(folder: str | Path, weights: str | Path | None = None, device: str = "cpu") -> NoduleClipModel:
-    """Rebuild a saved model (towers from the registry, `weights` or the saved weights path) in eval mode."""
+def without_text_path(state: dict, expected: Mapping) -> dict:
+    """A saved model's tensors less the text path's ones that an image-only model (`expected`'s names) has not."""
+    return {name: tensor for name, tensor in state.items() if name in expected or not name.startswith(TEXT_PREFIXES)}
+
+
+def load_model(folder: str | Path, weights: str | Path | None = None, device: str = "cpu",
+               image_only: bool = False) -> NoduleClipModel:
+    """Rebuild a saved model (towers from the registry, `weights` or the saved weights path) in eval mode.
+
+    `image_only`: leave the text tower out (faster to build; for risks and image embeddings). A model saved before
+    the image tower had a fingerprint of its own cannot be checked without its text tower: it is built whole.
+    """
     folder = Path(folder)
     saved, document = read_model_config(folder)
     config = ModelConfig.from_dict(saved.to_dict())
@@ -86,15 +102,23 @@ def load_model(folder: str | Path, weights: str | Path | None = None, device: st
         raise InputError(f"The towers of {folder} were built from {config.weights}, which is gone; pass weights=... .")
     if config.weights is not None:
         check_safetensors_weights(config.weights, str(folder / CONFIG_FILE) if weights is None else "weights=")
-    model = create_model_from_config(config)  # fills in the built fields afresh, from the towers rebuilt here
-    if not document.get("towers_saved") and model.config.tower_fingerprint != saved.tower_fingerprint:
+    image_only = image_only and bool(saved.vision_fingerprint) and not document.get("towers_saved")
+    model = create_model_from_config(config, image_only)  # fills in the built fields afresh, from these towers
+    built, trained = ((model.config.vision_fingerprint, saved.vision_fingerprint) if image_only
+                      else (model.config.tower_fingerprint, saved.tower_fingerprint))
+    if not document.get("towers_saved") and built != trained:
         raise InputError(f"The towers rebuilt for {folder} ({model.config.weights_source}) differ from those it was "
                          f"trained with ({saved.weights_source}); pass the same weights.")
+    if image_only:  # the text tower's part of the description is the saved one (it was not built here)
+        model.config = replace(model.config, tower_fingerprint=saved.tower_fingerprint, tokenizer=saved.tokenizer,
+                               weights_source=saved.weights_source)
     try:
         state = load_file(str(folder / WEIGHTS_FILE), device=device)
     except (FileNotFoundError, SafetensorError, OSError) as error:
         raise InputError(f"Cannot read {folder / WEIGHTS_FILE} ({error}); the model folder is damaged.") from None
     expected = model.saved_state_dict()
+    if model.image_only:
+        state = without_text_path(state, expected)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise InputError(f"{folder / WEIGHTS_FILE} does not fit a {config.backbone}/{config.tuning} model "

@@ -67,6 +67,7 @@ class ModelConfig:
     weights_source: str = ""  # filled in by `create_model`: where the tower weights came from
     tokenizer: str = ""  # filled in by `create_model`: "pretrained", "character-wordpiece" or "none"
     tower_fingerprint: str = ""  # filled in by `create_model`: digest of the tower weights before tuning
+    vision_fingerprint: str = ""  # filled in by `create_model`: the same digest of the image tower alone
     package_version: str = __version__
 
     def to_dict(self) -> dict:
@@ -184,12 +185,15 @@ class NoduleClipModel(nn.Module):
     (LoRA adapters are added to the towers' models).
     """
 
-    def __init__(self, config: ModelConfig, towers: Towers):
+    def __init__(self, config: ModelConfig, towers: Towers, image_only: bool = False):
         super().__init__()
         _check_tuning(config)
         backbone: BackboneConfig = get_backbone(config.backbone)
         image_size = _check_resolved(config, backbone)
-        with_text = config.tuning != "vision-only"
+        # image_only: built for inference without the text tower (zero-shot then reads stored prompt embeddings);
+        # the logit scale stays, as it belongs to the image-text similarity, not to the text tower
+        self.image_only = image_only and config.tuning != "vision-only"
+        with_text = config.tuning != "vision-only" and not self.image_only
         if with_text and towers.text is None:
             raise InputError(f"A {config.tuning} model needs a text tower, but the towers given have none.")
         self.config, self.backbone = config, backbone
@@ -207,6 +211,8 @@ class NoduleClipModel(nn.Module):
         if self.text is not None:
             self.text_projection = ProjectionHead(self.text.dim, config.embed_dim, config.projection_dropout)
             self.text_head = malignancy_head(config.embed_dim)
+            self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+        elif self.image_only:
             self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
         self._prompt_cache: dict = {}
         self._apply_tuning()
@@ -242,6 +248,10 @@ class NoduleClipModel(nn.Module):
             inject_adapter_in_model(settings, tower.model)
             for name, parameter in tower.named_parameters():
                 parameter.requires_grad_("lora_" in name)
+
+    @property
+    def _without_text(self) -> str:
+        return "was loaded image-only, for inference" if self.image_only else "is vision-only"
 
     def trainable_fraction(self) -> float:
         """Trainable parameters / all parameters (the paper: about 0.4% for ViT-B/32 with LoRA)."""
@@ -289,7 +299,7 @@ class NoduleClipModel(nn.Module):
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """The text tower's token ids and attention mask for `texts` (truncated to its maximum length)."""
         if self.text is None:
-            raise InputError("This model is vision-only: it has no text tower to tokenize for.")
+            raise InputError(f"This model {self._without_text}: it has no text tower to tokenize for.")
         return self.text.tokenize([texts] if isinstance(texts, str) else list(texts))
 
     def scale(self) -> torch.Tensor:
@@ -318,7 +328,7 @@ class NoduleClipModel(nn.Module):
     def encode_text(self, text: Sequence[str] | Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Texts (or `tokenize` output) -> unit-norm (N, embed_dim) embeddings."""
         if self.text is None:
-            raise InputError("This model is vision-only: it has no text tower to embed texts with.")
+            raise InputError(f"This model {self._without_text}: it has no text tower to embed texts with.")
         tokens = self.tokenize(text) if not isinstance(text, Mapping) else text
         device = self.logit_scale.device
         features = self.text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
@@ -377,7 +387,7 @@ class NoduleClipModel(nn.Module):
     def prompt_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
         """Unit-norm embeddings of prompt texts, computed once and reused until the text path's weights change."""
         if self.text is None:
-            raise InputError("This model is vision-only: it has no text tower to embed prompts with.")
+            raise InputError(f"This model {self._without_text}: it has no text tower to embed prompts with.")
         key = tuple(prompts)
         version = tuple(p._version for p in self.parameters() if p.requires_grad)
         cached = self._prompt_cache.get(key)
@@ -403,17 +413,20 @@ def create_model(name: str = DEFAULT_BACKBONE, tuning: str = "lora", image_size:
     return create_model_from_config(config)
 
 
-def create_model_from_config(config: ModelConfig) -> NoduleClipModel:
+def create_model_from_config(config: ModelConfig, image_only: bool = False) -> NoduleClipModel:
     """Resolve `config` (left unchanged), build its towers and assemble the model around them.
 
     The model's configuration is the resolved one, with where the tower weights came from, the tokenizer and the
-    towers' fingerprint (taken before any tuning) filled in. Random towers are rebuilt exactly from `tower_seed`.
+    towers' fingerprints (taken before any tuning) filled in. Random towers are rebuilt exactly from `tower_seed`.
+    `image_only`: leave the text tower out (inference without text; see `NoduleClipModel`); the fingerprint of
+    both towers is then left empty, as only the image tower's can be taken.
     """
     resolved = resolve_config(config)
     assert resolved.image_size is not None  # resolve_config fills it in
     towers = build_towers(get_backbone(resolved.backbone), resolved.image_size, weights=resolved.weights,
-                          random_init=resolved.random_init, with_text=resolved.tuning != "vision-only",
-                          seed=resolved.tower_seed)
+                          random_init=resolved.random_init,
+                          with_text=resolved.tuning != "vision-only" and not image_only, seed=resolved.tower_seed)
     resolved = replace(resolved, weights_source=towers.weights_source, tokenizer=towers.tokenizer_kind,
-                       tower_fingerprint=tower_fingerprint(towers.vision, towers.text))
-    return NoduleClipModel(resolved, towers)
+                       tower_fingerprint="" if image_only else tower_fingerprint(towers.vision, towers.text),
+                       vision_fingerprint=tower_fingerprint(towers.vision))
+    return NoduleClipModel(resolved, towers, image_only=image_only)

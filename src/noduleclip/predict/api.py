@@ -89,8 +89,11 @@ class NoduleClip:
 
     @classmethod
     def load(cls, run: str | os.PathLike, device: str = "cpu") -> NoduleClip:
-        """Load a finished run folder of `noduleclip train` (its fold models, best epoch each, and calibrator)."""
-        return cls(RunEnsemble.load(run, device))
+        """Load a finished run folder of `noduleclip train` (its fold models, best epoch each, and calibrator).
+
+        The text tower is left out while the run's stored prompt embeddings fit its fold models (see
+        `noduleclip.ensemble`): the semantic profile is the same, the load faster."""
+        return cls(RunEnsemble.load(run, device, text=False))
 
     @property
     def calibration(self) -> str | None:

@@ -231,6 +231,8 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
         if main:
             _evaluate(run, config, plan, manifest.records, views, folds, device_name(accelerator.device))
             calibrate_run(run)  # calibrator.json from the out-of-fold predictions just written
+            if config.tuning != "vision-only":  # predict reads them instead of building the text tower
+                RunEnsemble.load(run, device_name(accelerator.device)).write_prompt_embeddings()
         accelerator.wait_for_everyone()
     metrics = json.loads((run / "metrics.json").read_text())
     return RunResult(run, config, metrics, format_summary(metrics))
