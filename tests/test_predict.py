@@ -351,3 +351,12 @@ def test_real_lidc_0001_nodule_centre_and_sr_references(shared_data, trained, tm
     assert theirs - top <= {"Person Observer Name"}
     group_names = {i.ConceptNameCodeSequence[0].CodeMeaning for i in groups[0][0].ContentSequence}
     assert {"Tracking Identifier", "Tracking Unique Identifier", "Finding", "Finding Site"} <= group_names
+
+
+def test_predict_names_the_model_from_its_card(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["predict", str(trained.run), str(trained.nifti), "--coord", "-8,-8,0", "--out", str(out)]) == 0
+    card = json.loads((trained.run / "model_card.json").read_text())
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("model: "))
+    assert line.startswith(f"model: tiny ({card['model']['tuning']}), ")
+    assert f"trained on {card['training_data']['cross_validation']['nodules']} nodules" in line

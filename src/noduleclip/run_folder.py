@@ -6,6 +6,7 @@ Kept apart from the training code so that reading a run (to predict, say) does n
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,30 @@ def read_run_settings(run: Path, document: dict) -> RunSettings:
                          f"feature names; {remedy}")
     random_init = bool(model.get("random_init")) if isinstance(model, dict) else False
     return RunSettings(applied.folds, applied.views, applied.eval_batch_size, text_features, random_init)
+
+
+MODEL_CARD_JSON = "model_card.json"  # the fields of MODEL_CARD.md (noduleclip.train.model_card writes both)
+
+
+def model_card_summary(run: str | os.PathLike) -> str | None:
+    """One line about a run from its model_card.json: backbone, tuning, cross-validated AUROC with its interval and
+    the training data's size, e.g. "dinov2-s+minilm (lora), cross-validated AUROC 0.867 [0.798, 0.916], trained on
+    198 nodules of 120 patients". None for a run without a card (trained before cards) or with an unreadable one:
+    the line only informs, so it never stops a prediction."""
+    path = Path(run) / MODEL_CARD_JSON
+    try:
+        card = json.loads(path.read_text())
+        model, data = card["model"], card["training_data"]["cross_validation"]
+        auroc = card["results"]["cross_validated"]["nodule"]
+        line = f"{model['backbone']} ({model['tuning']})"
+        if auroc.get("auroc") is not None:
+            ci = auroc.get("auroc_ci")
+            line += f", cross-validated AUROC {auroc['auroc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        else:
+            line += ", no cross-validated AUROC"
+        return line + f", trained on {data['nodules']} nodules of {data['patients']} patients"
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
 
 
 def fold_model_folder(run: Path, fold: int) -> Path:

@@ -44,7 +44,7 @@ def run(args) -> int:
     from noduleclip.predict.panel import percent
     from noduleclip.predict.sites import locate_nodules, read_image
     from noduleclip.predict.sr import require_dicom_source
-    from noduleclip.run_folder import check_run_complete
+    from noduleclip.run_folder import check_run_complete, model_card_summary
 
     for noisy in ("matplotlib", "highdicom"):  # -v is for the stage timings, not font matching or SR building
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -63,6 +63,9 @@ def run(args) -> int:
     timings = {"read": read_seconds, "load": load_seconds, **model.timings,
                "outputs": time.perf_counter() - started - read_seconds - load_seconds - sum(model.timings.values())}
     logging.getLogger(__name__).debug("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
+    card = model_card_summary(args.run)
+    if card:
+        print(f"model: {card} (MODEL_CARD.md in the run folder)")
     for p in predictions:
         centre = ", ".join(f"{c:.1f}" for c in p.center_lps)
         state = f"calibrated ({p.calibration})" if p.calibration else "UNCALIBRATED"

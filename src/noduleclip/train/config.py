@@ -8,24 +8,32 @@ number of data-loading workers, are left out of that comparison).
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml  # type: ignore[import-untyped]  # PyYAML, which accelerate requires; no stubs installed
 
 from noduleclip.errors import InputError
 from noduleclip.model import DEFAULT_BACKBONE, TUNING_MODES, LoraSettings
 from noduleclip.model.backbones import config_from_dict
 from noduleclip.model.checkpoint import check_safetensors_weights
 from noduleclip.preprocess.views import ViewConfig
+from noduleclip.run_folder import RUN_FORMAT, RUN_FORMAT_VERSION
 from noduleclip.semantics.schema import head_features
 
 SAMPLERS = ("semantic", "class", "none")
 SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # accelerate's experiment trackers that `--log-with` names
 # Settings that change how fast a run goes or where it keeps things, never its numbers.
-RESULT_NEUTRAL = frozenset({"workers", "cache", "threads", "progress", "eval_batch_size"})
+RESULT_NEUTRAL = frozenset({"workers", "cache", "threads", "progress", "eval_batch_size", "log_with"})
 LORA_SETTINGS = frozenset({"lora_rank", "lora_alpha", "lora_dropout", "lora_image_blocks"})
 
 
@@ -112,6 +120,8 @@ class TrainConfig:
                                   type=int)
     eval_batch_size: int = _option(32, "nodules per inference batch")
     progress: bool = _option(True, "show progress bars")
+    log_with: str = _option("none", "experiment tracker (accelerate's) that gets each epoch's training losses and "
+                            "validation scores; TensorBoard writes into RUN/tracking", choices=TRACKERS)
     views: ViewConfig = field(default_factory=ViewConfig, metadata={"help": "how the nine views are cut"})
 
     def validate(self) -> TrainConfig:
@@ -122,6 +132,11 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}"),
             (self.mixed_precision in MIXED_PRECISION,
              f"mixed precision {self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION)}"),
+            (self.log_with in TRACKERS, f"log with {self.log_with!r} is not one of {', '.join(TRACKERS)}"),
+            (self.views.size >= 1 and self.views.spacing_mm > 0,
+             f"views of {self.views.size} samples at {self.views.spacing_mm} mm: both must be positive"),
+            (self.views.hu_max > self.views.hu_min,
+             f"the views' HU window [{self.views.hu_min}, {self.views.hu_max}] is empty: hu_max must be above hu_min"),
             (self.seed >= 0, f"seed {self.seed} must not be negative"),
             (self.folds >= 2, f"folds={self.folds}: cross-validation needs at least 2 folds"),
             (0 <= self.test_fraction < 1, f"test fraction {self.test_fraction} is not in [0, 1)"),
@@ -173,10 +188,10 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping, where: str = "the run's training configuration") -> TrainConfig:
+    def from_dict(cls, data: Mapping, where: str = "the run's training configuration",
+                  remedy: str = "train the run again, or use the noduleclip version that wrote it") -> TrainConfig:
         """Rebuild a configuration from `to_dict` output (e.g. a run's config.json), refusing unknown keys, values
         of the wrong type, an unknown backbone and settings that cannot work in one sentence naming `where`."""
-        remedy = "train the run again, or use the noduleclip version that wrote it"
         config = config_from_dict(cls, data, where, remedy)
         try:
             return config.validate()
@@ -192,6 +207,88 @@ class TrainConfig:
         neutral = RESULT_NEUTRAL | (LORA_SETTINGS if self.tuning == other.tuning == "probe" else frozenset())
         return [f"{name}: {mine[name]!r} -> {theirs[name]!r}" for name in mine
                 if name not in neutral and mine[name] != theirs[name]]
+
+
+FILE_REMEDY = "fix the file (its keys are `noduleclip train --print-config`'s)"
+
+
+class _SettingsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e-4` as a number (YAML 1.1 wants `1.0e-4`; JSON and people write `1e-4`)."""
+
+
+_SettingsLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_SettingsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def read_settings_file(path: str | os.PathLike) -> tuple[TrainConfig, str]:
+    """The training settings of a YAML or JSON file, and how messages name it; not yet validated (`with_overrides`
+    does that, once the command line's settings are on top).
+
+    The file holds TrainConfig's names (`--print-config`'s output; any of them may be left out for its default), or
+    is a run's config.json (its `train` settings), or names a run folder (its config.json). Unknown keys and values
+    of the wrong type are refused as in a run's config.json (`config_from_dict`), in one sentence naming the key and
+    the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist; give a YAML or JSON file of training settings, a run's "
+                         "config.json or a run folder")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise InputError(f"config file {path} is not a text file; give a YAML or JSON file of training "
+                         "settings") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.load(text, Loader=_SettingsLoader)
+    except json.JSONDecodeError as error:
+        raise InputError(f"config file {path} is not valid JSON ({error.msg} at line {error.lineno}); "
+                         "fix the file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"config file {path} is not valid YAML ({getattr(error, 'problem', None) or error}{at}); "
+                         "fix the file") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise InputError(f"config file {path} holds a {type(data).__name__}, not a mapping of training settings "
+                         "(name: value); fix the file")
+    where = f"config file {path}"
+    if "format" in data:  # a run's config.json: its training settings, if the format is one this version reads
+        if data.get("format") != RUN_FORMAT or data.get("format_version") != RUN_FORMAT_VERSION:
+            raise InputError(f"config file {path} is a {data.get('format')!r} document of format version "
+                             f"{data.get('format_version')!r}, not a {RUN_FORMAT!r} version {RUN_FORMAT_VERSION} run "
+                             "configuration nor a mapping of training settings; give one of those")
+        if not isinstance(data.get("train"), dict):
+            raise InputError(f"config file {path} has no object under the key 'train' (the run's training settings); "
+                             "give a run's config.json or a mapping of training settings")
+        data, where = data["train"], f"config file {path} (its 'train' settings)"
+    return config_from_dict(TrainConfig, data, where, FILE_REMEDY), where
+
+
+def with_overrides(config: TrainConfig, where: str, **changes: Any) -> TrainConfig:
+    """`config` (read from the file `where` names) with `changes` (settings given on the command line) on top,
+    validated. A setting that cannot work is reported naming the file when the file alone has it."""
+    merged = dataclasses.replace(config, **changes)
+    try:
+        return merged.validate()
+    except InputError:
+        try:
+            config.validate()
+        except InputError as error:
+            raise InputError(f"{where} has a setting that cannot work ({str(error).rsplit('; ', 1)[0]}); fix it in "
+                             "the file or give that option on the command line") from None
+        raise
+
+
+def settings_yaml(config: TrainConfig) -> str:
+    """`config` as YAML that `read_settings_file` reads back to the same configuration (`--print-config`)."""
+    plain = json.loads(json.dumps(config.to_dict()))  # tuples as lists: safe_dump writes only plain types
+    return yaml.safe_dump(plain, sort_keys=False, default_flow_style=False)
 
 
 def cli_fields() -> list:

@@ -5,8 +5,10 @@
 
 A run folder holds config.json, splits.csv, log.jsonl, fold_<k>/{best,last,resume}/ and
 fold_<k>/done.json, val_predictions.csv, predictions.csv, patient_predictions.csv, metrics.json,
-calibrator.json (fit on the out-of-fold predictions, used by `predict`),
-and the view cache (cache/) unless another one was named. Running again on the same folder with
+calibrator.json (fit on the out-of-fold predictions, used by `predict`), MODEL_CARD.md and model_card.json (what
+the run is and is not for, its data, weights, settings and results), tracking/ with `log_with` (the experiment
+tracker's files; TensorBoard's event files), and the view cache (cache/) unless another one was named. Running
+again on the same folder with
 the same settings resumes: finished folds are skipped, an unfinished one continues after its last
 finished epoch, and the result is the one an uninterrupted run gives. Other settings or another
 manifest on an existing run folder are refused, except that a run that finished no fold (one that
@@ -29,7 +31,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    is_mlflow_available,
+    is_tensorboard_available,
+    is_wandb_available,
+)
 
 from noduleclip.atomic import file_sha256, write_text
 from noduleclip.data.manifest import NoduleManifest, record_labels
@@ -46,6 +55,7 @@ from noduleclip.semantics.schema import labelled_features
 from noduleclip.train.config import TrainConfig
 from noduleclip.train.dataset import NoduleDataset, augmented_variants, sampling_weights
 from noduleclip.train.loop import FoldData, build_fold_model, device_name, read_done, train_fold
+from noduleclip.train.model_card import write_model_card
 from noduleclip.train.results import brief_scores, format_summary, write_results
 from noduleclip.train.resume import RunLog, remove_partial_writes, resumed_epochs
 from noduleclip.train.splits import SplitPlan, make_splits
@@ -163,7 +173,56 @@ def _views(manifest: NoduleManifest, config: TrainConfig, run: Path, accelerator
     return torch.from_numpy(cache.load_many([r.nodule_id for r in manifest]))
 
 
-def _accelerator(config: TrainConfig):
+TRACKING_FOLDER = "tracking"  # in the run folder: the experiment tracker's files (TensorBoard's event files)
+TRACKING_PROJECT = "noduleclip"  # the tracker's project (TensorBoard: the folder under tracking/; MLflow: experiment)
+_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", is_tensorboard_available),
+                     "mlflow": ("mlflow", is_mlflow_available), "wandb": ("wandb", is_wandb_available)}
+
+
+def check_tracker(config: TrainConfig) -> None:
+    """Refuse `log_with` when its tracker's package is not installed, before any work."""
+    if config.log_with == "none":
+        return
+    package, available = _TRACKER_PACKAGES[config.log_with]
+    if not available():
+        raise InputError(f"--log-with {config.log_with} needs the {package} package, which is not installed; install "
+                         f"it (pip install {package}, or the package's `tracking` extra) or leave --log-with out")
+
+
+def _hyperparameters(config: TrainConfig) -> dict:
+    """The settings as the trackers store them: one flat level (views.size, ...), no None (TensorBoard refuses it)."""
+    flat: dict = {}
+    for name, value in config.to_dict().items():
+        for key, item in (value.items() if isinstance(value, dict) else [(None, value)]):
+            flat[name if key is None else f"{name}.{key}"] = "none" if item is None else item
+    return flat
+
+
+def _start_tracking(accelerator, config: TrainConfig, run: Path) -> None:
+    """Start the run's experiment tracker (`log_with`) with its settings; the epochs log into it (`train_fold`)."""
+    if config.log_with == "none":
+        return
+    folder = run / TRACKING_FOLDER
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+    options = {"mlflow": {"logging_dir": str(folder), "run_name": run.resolve().name},
+               "wandb": {"name": run.resolve().name, "dir": str(folder)}}
+    accelerator.init_trackers(TRACKING_PROJECT, config=_hyperparameters(config), init_kwargs=options)
+
+
+def _end_tracking(accelerator, config: TrainConfig) -> None:
+    """Close the tracker's run (its files complete). Under several processes only the trackers end: accelerate's
+    `end_training` would also destroy the process group, which the caller may still use (another run, say)."""
+    if config.log_with == "none":
+        return
+    if accelerator.num_processes == 1:
+        accelerator.end_training()
+    else:
+        for tracker in accelerator.trackers:
+            tracker.finish()
+
+
+def _accelerator(config: TrainConfig, run: Path):
     cuda = torch.cuda.is_available()
     if config.mixed_precision == "fp16" and not cuda:
         raise InputError("mixed precision fp16 needs a CUDA GPU; use --mixed-precision no (or bf16)")
@@ -174,8 +233,10 @@ def _accelerator(config: TrainConfig):
         AcceleratorState._reset_state()
     # a fine-tuned tower has weights that a forward pass never uses (e.g. DINOv2's mask token)
     unused = DistributedDataParallelKwargs(find_unused_parameters=config.tuning == "finetune")
+    tracking = dict(log_with=config.log_with, project_config=ProjectConfiguration(
+        project_dir=str(run), logging_dir=str(run / TRACKING_FOLDER))) if config.log_with != "none" else {}
     return Accelerator(cpu=not cuda, mixed_precision=config.mixed_precision, kwargs_handlers=[unused],
-                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+                       dataloader_config=DataLoaderConfiguration(split_batches=True), **tracking)
 
 
 @contextlib.contextmanager
@@ -202,11 +263,12 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
     """Train (or resume) the cross-validated fold models of a manifest into the run folder `out`; evaluate the
     ensemble."""
     config = (config or TrainConfig()).validate()
+    check_tracker(config)
     run = Path(out)
     manifest, features, manifest_sha = _read_manifest(manifest_path)
     document, restart = _check_run_folder(run, config, manifest_sha)
     with _compute_settings(config):
-        accelerator = _accelerator(config)
+        accelerator = _accelerator(config, run)
         main = accelerator.is_main_process
         if restart:
             if main:
@@ -227,15 +289,31 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
         del probe
         if main:
             _report_resume(run, config)
-        folds = [_fold(k, config, plan, manifest, features, inputs, run, accelerator) for k in range(config.folds)]
-        if main:
-            _evaluate(run, config, plan, manifest.records, views, folds, device_name(accelerator.device))
-            calibrate_run(run)  # calibrator.json from the out-of-fold predictions just written
-            if config.tuning != "vision-only":  # predict reads them instead of building the text tower
-                RunEnsemble.load(run, device_name(accelerator.device)).write_prompt_embeddings()
-        accelerator.wait_for_everyone()
+        _start_tracking(accelerator, config, run)
+        try:
+            folds = [_fold(k, config, plan, manifest, features, inputs, run, accelerator)
+                     for k in range(config.folds)]
+            if main:
+                _evaluate(run, config, plan, manifest.records, views, folds, device_name(accelerator.device))
+                calibrate_run(run)  # calibrator.json from the out-of-fold predictions just written
+                if config.tuning != "vision-only":  # predict reads them instead of building the text tower
+                    RunEnsemble.load(run, device_name(accelerator.device)).write_prompt_embeddings()
+                write_model_card(run, manifest)  # MODEL_CARD.md and model_card.json, from the files just written
+                _log_run_metrics(accelerator, run)
+            accelerator.wait_for_everyone()
+        finally:
+            _end_tracking(accelerator, config)
     metrics = json.loads((run / "metrics.json").read_text())
     return RunResult(run, config, metrics, format_summary(metrics))
+
+
+def _log_run_metrics(accelerator, run: Path) -> None:
+    """The run's out-of-fold and test AUROC and AUPRC (nodule and patient level) to the tracker, if there is one."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    values = {f"run/{title}/{level}/{name}": scored[level][name]
+              for title, scored in (("validation", metrics["validation"]), ("test", metrics["test"])) if scored
+              for level in ("nodule", "patient") for name in ("auroc", "auprc") if scored[level][name] is not None}
+    accelerator.log(values)
 
 
 def _read_manifest(manifest_path) -> tuple[NoduleManifest, list[dict], str]:

@@ -241,6 +241,15 @@ def _finish_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, l
     return done
 
 
+def tracked_values(fold: int, losses: dict, scores: dict, lr: float) -> dict[str, float]:
+    """One epoch as the experiment tracker gets it (`log_with`; a no-op without one), under the fold's name:
+    `fold_<k>/train/<loss term>`, `fold_<k>/val/<auroc, auprc, loss>` (those defined) and `fold_<k>/lr`."""
+    values = {f"fold_{fold}/train/{name}": value for name, value in losses.items()}
+    values |= {f"fold_{fold}/val/{name}": scores[name] for name in ("auroc", "auprc", "loss")
+               if scores.get(name) is not None}
+    return values | {f"fold_{fold}/lr": lr}
+
+
 def train_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log: RunLog, accelerator,
                total_folds: int) -> dict:
     """Train (or finish training) fold `fold` in `folder`; return its done.json document."""
@@ -259,6 +268,7 @@ def train_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, log
         scores, improved = _validate(run, config, data)
         if main:
             _save_epoch(run, fold, folder, log, losses, scores, improved, time.perf_counter() - started)
+        accelerator.log(tracked_values(fold, losses, scores, float(run.scheduler.get_last_lr()[0])), step=epoch + 1)
         bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", val_auroc=scores["auroc"], best=run.state["best_epoch"])
     bar.close()
     accelerator.wait_for_everyone()
