@@ -161,8 +161,10 @@ def _start_fold(fold: int, config: TrainConfig, data: FoldData, folder: Path, lo
     if accelerator.is_main_process:
         remove_partial_writes(folder)
         log.rewind(fold, state["epochs_done"])
-    # the items are slices of tensors in memory; workers only pay off when views are not precomputed
-    loader = DataLoader(data.train, batch_sampler=batches, num_workers=0 if data.prefixed else config.workers or 0)
+    # the items are slices of tensors in memory; workers only pay off when views are not precomputed. On a GPU the
+    # batches are pinned, so that their copy to the device can overlap the step before
+    loader = DataLoader(data.train, batch_sampler=batches, num_workers=0 if data.prefixed else config.workers or 0,
+                        pin_memory=accelerator.device.type == "cuda")
     prepared, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     return _Fold(prepared, accelerator.unwrap_model(prepared), optimizer, scheduler, batches, loader, state)
 
