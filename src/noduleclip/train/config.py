@@ -86,6 +86,11 @@ class TrainConfig:
     semantic_weight: float = _option(0.0, "weight of auxiliary classifiers that predict each categorical semantic "
                                      "feature (margins, consistency, ...) from the image embedding, beside the "
                                      "contrastive loss (0: off); nodules without a feature are left out of its loss")
+    consistency_weight: float = _option(
+        0.0, "weight of a consistency loss: each training step also reads a second version of every nodule (another "
+        "re-rendered copy or other turns of its planes) and penalises the difference of the two malignancy log-odds "
+        "and embeddings, so that the risk does not follow the scanner (0: off; needs acquisition or image "
+        "augmentation)")
     # protocol
     folds: int = _option(5, "cross-validation folds (patient-level, stratified by label)")
     test_fraction: float = _option(0.2, "fraction of patients held out as the test set (0: none)")
@@ -148,6 +153,12 @@ class TrainConfig:
             (self.bootstrap >= 0, f"bootstrap {self.bootstrap} must not be negative"),
             (self.size_weight >= 0, f"size weight {self.size_weight} must not be negative"),
             (self.semantic_weight >= 0, f"semantic weight {self.semantic_weight} must not be negative"),
+            (self.consistency_weight >= 0, f"consistency weight {self.consistency_weight} must not be negative"),
+            (self.consistency_weight == 0 or self.acquisition_augmentation or self.image_augmentation,
+             "a consistency loss compares two versions of each nodule: turn on --acquisition-augmentation or "
+             "--image-augmentation"),
+            (self.consistency_weight == 0 or self.augment_variants >= 2 or not self.acquisition_augmentation,
+             "a consistency loss between re-rendered copies needs at least 2 augment variants"),
             (self.field_of_view is None or 8 <= self.field_of_view <= self.views.size,
              f"field of view {self.field_of_view} must be between 8 and the views' {self.views.size} pixels"),
             (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be at least 1"),

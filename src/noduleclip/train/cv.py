@@ -402,7 +402,8 @@ def _fold(k: int, config: TrainConfig, plan: SplitPlan, manifest: NoduleManifest
         train=NoduleDataset(inputs.train[train_at], train_records, config.seed, k, config.text_augmentation,
                             with_text=config.tuning != "vision-only",
                             augment_images=config.image_augmentation and not inputs.prefixed,
-                            variants=inputs.variants, semantic_heads=config.semantic_heads()),
+                            variants=inputs.variants, semantic_heads=config.semantic_heads(),
+                            pairs=config.consistency_weight > 0),
         train_weights=sampling_weights(config.sampler, train_records, [features[i] for i in train_at]),
         val_ids=val_ids, val_views=inputs.val[val_at], val_labels=record_labels([records[i] for i in val_at]),
         prefixed=inputs.prefixed)

@@ -159,12 +159,12 @@ class NoduleDataset(Dataset):
 
     def __init__(self, views: torch.Tensor, records: Sequence[NoduleRecord], seed: int = 0, fold: int = 0,
                  augment_text: bool = True, with_text: bool = True, augment_images: bool = False,
-                 variants: bool = False, semantic_heads: Sequence[str] = ()):
+                 variants: bool = False, semantic_heads: Sequence[str] = (), pairs: bool = False):
         if len(views) != len(records):
             raise ValueError(f"{len(views)} view stacks for {len(records)} records")
         self.views, self.records = views, list(records)
         self.seed, self.fold, self.augment, self.with_text = seed, fold, augment_text, with_text
-        self.augment_images, self.variants = augment_images, variants
+        self.augment_images, self.variants, self.pairs = augment_images, variants, pairs
         # the semantic heads' targets: one class index per head (-1 unknown), fixed per record
         heads = [get_feature(name) for name in semantic_heads]
         self.semantic = torch.tensor([[class_index(f, r.features.get(f.name)) for f in heads] for r in self.records],
@@ -184,18 +184,26 @@ class NoduleDataset(Dataset):
         keys = (self.fold, self.epoch, record.row) if self.augment else (record.row,)
         return record_text(record, seed=derive_seed(self.seed, SEED_TEXT, *keys), config=self.text_config)
 
-    def image(self, i: int) -> torch.Tensor:
-        """The views (or the chosen fixed version) of item i in the current epoch."""
+    def image(self, i: int, second: bool = False) -> torch.Tensor:
+        """The views (or the chosen fixed version) of item i in the current epoch; `second`: another version of the
+        same nodule for the consistency loss (another fixed version, and other turns when the planes are turned)."""
         if not (self.augment_images or self.variants):
             return self.views[i]
         generator = torch.Generator().manual_seed(
             derive_seed(self.seed, SEED_IMAGE, self.fold, self.epoch, self.records[i].row))
         views = self.views[i]
         if self.variants:
-            views = views[int(torch.randint(0, self.views.shape[1], (1,), generator=generator))]
+            count = self.views.shape[1]
+            version = int(torch.randint(0, count, (1,), generator=generator))
+            if second and count > 1:  # drawn after the first version's draws, which stay as without pairs
+                version = (version + 1 + int(torch.randint(0, count - 1, (1,), generator=generator))) % count
+            views = views[version]
             if not self.augment_images:
                 return views
-        return dihedral_views(views, random_view_codes(tuple(views.shape[:-2]), generator))
+        codes = random_view_codes(tuple(views.shape[:-2]), generator)
+        if second:
+            codes = random_view_codes(tuple(views.shape[:-2]), generator)
+        return dihedral_views(views, codes)
 
     def __getitem__(self, i: int) -> dict:
         label = self.records[i].label
@@ -206,7 +214,7 @@ class NoduleDataset(Dataset):
             "log_diameter": float(log_diameter_target(record_diameter(self.records[i]))),
             "semantic": self.semantic[i],
             "index": i,
-        }
+        } | ({"second_views": self.image(i, second=True)} if self.pairs else {})
 
 
 def record_diameter(record: NoduleRecord) -> float:

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from noduleclip.atomic import write_text
 from noduleclip.ensemble import RunEnsemble
 from noduleclip.metrics.classification import classification_metrics
-from noduleclip.model import NoduleClipLoss, NoduleClipModel, create_model, save_model
+from noduleclip.model import ModelOutput, NoduleClipLoss, NoduleClipModel, create_model, save_model
 from noduleclip.progress import Progress, progress_bar
 from noduleclip.run_folder import DONE_FILE, FOLD_MODEL
 from noduleclip.train.config import TrainConfig
@@ -113,6 +113,25 @@ def _gather_batch(accelerator, output, labels, sizes, semantic):
     return gathered, accelerator.gather(labels), accelerator.gather(sizes), accelerator.gather(semantic)
 
 
+def _split_second(output: ModelOutput, count: int) -> tuple[ModelOutput, ModelOutput]:
+    """A forward over the batch's views followed by their second versions, as the two versions' outputs (the texts,
+    encoded once, stay with the first)."""
+
+    def part(values, rows: slice):
+        if values is None:
+            return None
+        return {k: v[rows] for k, v in values.items()} if isinstance(values, dict) else values[rows]
+
+    def half(rows: slice, keep_text: bool) -> ModelOutput:
+        return dataclasses.replace(
+            output, image_embeds=output.image_embeds[rows], view_attention=output.view_attention[rows],
+            image_logits=output.image_logits[rows], log_diameter=part(output.log_diameter, rows),
+            semantic_logits=part(output.semantic_logits, rows),
+            **({} if keep_text else dict(text_embeds=None, text_logits=None, logit_scale=None)))
+
+    return half(slice(0, count), True), half(slice(count, None), False)
+
+
 def _training_attention(accelerator):
     """The attention kernel of the training steps: on a CPU in bf16 the math one, whose backward pass is
     about twice as fast there as flash attention's (the frozen blocks and validation keep the default)."""
@@ -178,17 +197,21 @@ def _train_epoch(run: _Fold, epoch: int, fold: int, config: TrainConfig, data: F
     data.train.set_epoch(epoch)
     run.model.train()
     with_text = run.network.text is not None
-    loss_fn = NoduleClipLoss(size_weight=config.size_weight, semantic_weight=config.semantic_weight)
+    loss_fn = NoduleClipLoss(size_weight=config.size_weight, semantic_weight=config.semantic_weight,
+                             consistency_weight=config.consistency_weight)
     sums: dict[str, float] = {}
     count = 0
     for batch in run.loader:
         tokens = run.network.tokenize(batch["text"]) if with_text else None
+        second = batch.get("second_views")  # a second version of each nodule (consistency loss): one forward for both
+        views = batch["views"] if second is None else torch.cat([batch["views"], second])
         with accelerator.autocast(), _training_attention(accelerator):
-            images = dict(views=None, prefix=batch["views"]) if data.prefixed else dict(views=batch["views"])
+            images = dict(views=None, prefix=views) if data.prefixed else dict(views=views)
             output = run.model(text=tokens, **images)
+        output, pair = _split_second(output, len(batch["views"])) if second is not None else (output, None)
         output, labels, sizes, semantic = _gather_batch(accelerator, output, batch["label"], batch["log_diameter"],
                                                         batch["semantic"])
-        loss = loss_fn(output, labels, sizes, semantic)
+        loss = loss_fn(output, labels, sizes, semantic, pair)
         accelerator.backward(loss.total)
         run.optimizer.step()
         run.scheduler.step()
