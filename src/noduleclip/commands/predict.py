@@ -1,4 +1,5 @@
-"""`noduleclip predict RUN IMAGE --coord X,Y,Z --out DIR`: a trained run's risk and semantic profile per nodule."""
+"""`noduleclip predict RUN IMAGE --coord X,Y,Z --out DIR`: a trained run's risk and semantic profile per nodule;
+`noduleclip predict RUN --manifest CSV --out DIR`: every nodule of many scans (see `noduleclip.predict.batch`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import time
 
 from noduleclip.commands import summary
+from noduleclip.errors import InputError
 
 
 def register(sub) -> None:
@@ -18,10 +20,14 @@ def register(sub) -> None:
         "folds, through the run's calibrator.json; stated as uncalibrated when the run has none), the zero-shot "
         "semantic profile (the paper's prompts) and the views' attention. Writes predictions.json, "
         "predictions.csv, one PNG panel per nodule and, with --dicom-sr, a DICOM SR (TID 1500) that references "
-        "the series. Nothing is written into --out unless everything succeeds.")
+        "the series. Nothing is written into --out unless everything succeeds. With --manifest instead of an IMAGE: "
+        "every nodule of a nodule manifest (many scans, each read once, views cut in worker processes while the "
+        "models score), one predictions.csv/.json for all, resumable (a second run skips the scans already done), "
+        "a scan that fails reported in failures.csv while the rest complete; under torchrun or accelerate launch "
+        "the scans are split across the processes.")
     p.add_argument("run", help="run folder of `noduleclip train`")
-    p.add_argument("image", help="CT: DICOM series folder, NIfTI, MHA/MHD or NRRD")
-    where = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("image", nargs="?", help="CT: DICOM series folder, NIfTI, MHA/MHD or NRRD")
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--coord", action="append", metavar="X,Y,Z",
                        help="nodule centre in world mm (LPS), e.g. --coord -87.6,45.2,-120; repeat for more nodules")
     where.add_argument("--nodules", metavar="CSV",
@@ -29,11 +35,18 @@ def register(sub) -> None:
                             "optional nodule_id")
     where.add_argument("--mask", metavar="SEG",
                        help="nodule segmentation aligned with the image: its centroid is the centre")
+    where.add_argument("--manifest", metavar="CSV",
+                       help="a nodule manifest (patient_id, nodule_id, image, coordinates or mask; labels optional): "
+                            "predict all its nodules, without an IMAGE")
     p.add_argument("--out", required=True, help="output folder")
     add_series_option(p)
     p.add_argument("--dicom-sr", action="store_true",
                    help="also write a DICOM Structured Report (TID 1500) referencing the series (DICOM input only)")
     p.add_argument("--device", default="cpu", help="torch device for the models (default %(default)s)")
+    p.add_argument("--panels", action="store_true",
+                   help="with --manifest: also each scan's panels (and SR with --dicom-sr) under OUT/scans/")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --manifest: processes that read scans and cut views (default: up to 4, one per core)")
     p.set_defaults(func=run)
 
 
@@ -48,6 +61,13 @@ def run(args) -> int:
 
     for noisy in ("matplotlib", "highdicom"):  # -v is for the stage timings, not font matching or SR building
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.manifest is not None:
+        return _run_manifest(args)
+    if args.image is None or not (args.coord or args.nodules or args.mask):
+        raise InputError("predict needs an IMAGE with its nodules (--coord, --nodules or --mask), or --manifest CSV "
+                         "for many scans: `noduleclip predict RUN IMAGE --coord X,Y,Z --out DIR`")
+    if args.panels or args.workers is not None:
+        raise InputError("--panels and --workers are for --manifest; one IMAGE always gets its panels")
     started = time.perf_counter()
     check_run_complete(args.run)  # a missing or unfinished run is named before the scan is read
     volume = read_image(args.image, series_uid=args.series_uid)
@@ -75,3 +95,27 @@ def run(args) -> int:
         print(f"note: {note}")
     print(f"wrote {args.out}: " + ", ".join(path.name for path in written))
     return 0
+
+
+def _run_manifest(args) -> int:
+    from noduleclip.predict.batch import predict_manifest
+    from noduleclip.run_folder import model_card_summary
+
+    if args.image is not None:
+        raise InputError(f"give either an IMAGE ({args.image}) or --manifest, not both: the manifest names its scans")
+    if args.series_uid is not None:
+        raise InputError("--series-uid is for one IMAGE; a manifest names each nodule's series in its series_uid "
+                         "column")
+    report = predict_manifest(args.run, args.manifest, args.out, panels=args.panels, dicom_sr=args.dicom_sr,
+                              workers=args.workers, device=args.device)
+    if not report.files:  # a process of a distributed launch other than the first: the first one reports
+        return 0
+    card = model_card_summary(args.run)
+    if card:
+        print(f"model: {card} (MODEL_CARD.md in the run folder)")
+    print(f"{report.summary()}; wrote {args.out}: " + ", ".join(path.name for path in report.files))
+    for failure in report.failed[:10]:
+        print(f"failed: {failure['nodule_id'] or failure['image']}: {failure['reason']}")
+    if len(report.failed) > 10:
+        print(f"... and {len(report.failed) - 10} more in failures.csv")
+    return 1 if report.failed else 0

@@ -24,7 +24,7 @@ from noduleclip.data.manifest import NoduleManifest, NoduleRecord
 from noduleclip.errors import InputError, NoduleClipError
 from noduleclip.io import Volume, check_looks_like_ct, read_mask, read_volume
 from noduleclip.preprocess.cache import ViewCache
-from noduleclip.preprocess.views import mask_centroid, sample_planes
+from noduleclip.preprocess.views import ViewConfig, mask_centroid, sample_planes
 from noduleclip.progress import progress_bar
 
 
@@ -104,27 +104,60 @@ class PreprocessReport:
         return f"{len(self.done)} computed, {len(self.skipped)} already cached, {len(self.failed)} failed"
 
 
-def _process_image(records: list[NoduleRecord], cache: ViewCache) -> list[tuple[str, str | None]]:
-    """Read one image and cache the views of its nodules; returns (nodule_id, error or None)."""
+@dataclass
+class CutNodule:
+    """One nodule of a scan as `scan_views` cut it: its views (9, S, S) and centre (LPS mm), or why not."""
+
+    nodule_id: str
+    views: np.ndarray | None = None
+    center: np.ndarray | None = None
+    error: str | None = None
+    source_spacing: list[float] | None = None
+
+
+def scan_views(records: list[NoduleRecord], config: ViewConfig) -> list[CutNodule]:
+    """Read one scan (the records share it) once and cut each nodule's nine views; a failure is the nodule's
+    `error` (the scan's, for all of them, when it cannot be read), never an exception."""
     try:
         volume = read_volume(records[0].image, records[0].series_uid)
         check_looks_like_ct(volume)
     except NoduleClipError as exc:
-        return [(r.nodule_id, str(exc)) for r in records]
+        return [CutNodule(r.nodule_id, error=str(exc)) for r in records]
     except Exception as exc:  # an unexpected reader failure must not stop the other scans
-        return [(r.nodule_id, f"could not read {records[0].image}: {type(exc).__name__}: {exc}") for r in records]
-    results: list[tuple[str, str | None]] = []
+        return [CutNodule(r.nodule_id, error=f"could not read {records[0].image}: {type(exc).__name__}: {exc}")
+                for r in records]
+    results = []
     for record in records:
         try:
             center = nodule_center(volume, record)
-            views = sample_planes(volume, center, cache.config)
-            cache.save(record, views, center, {"source_spacing": volume.spacing.tolist()})
-            results.append((record.nodule_id, None))
+            results.append(CutNodule(record.nodule_id, sample_planes(volume, center, config), center,
+                                     source_spacing=volume.spacing.tolist()))
         except NoduleClipError as exc:
-            results.append((record.nodule_id, str(exc)))
+            results.append(CutNodule(record.nodule_id, error=str(exc)))
         except Exception as exc:
-            results.append((record.nodule_id, f"{type(exc).__name__}: {exc}"))
+            results.append(CutNodule(record.nodule_id, error=f"{type(exc).__name__}: {exc}"))
     return results
+
+
+def _process_image(records: list[NoduleRecord], cache: ViewCache) -> list[tuple[str, str | None]]:
+    """Read one image and cache the views of its nodules; returns (nodule_id, error or None)."""
+    results: list[tuple[str, str | None]] = []
+    for record, cut in zip(records, scan_views(records, cache.config), strict=True):
+        if cut.error is None:
+            try:
+                cache.save(record, cut.views, cut.center, {"source_spacing": cut.source_spacing})
+            except NoduleClipError as exc:
+                cut.error = str(exc)
+        results.append((record.nodule_id, cut.error))
+    return results
+
+
+def scan_groups(records) -> list[list[NoduleRecord]]:
+    """The records grouped by scan (image and series), in the order of their first nodule: one read per scan."""
+    groups: dict[str, list[NoduleRecord]] = defaultdict(list)
+    for record in records:
+        groups[f"{record.image}|{record.series_uid or ''}"].append(record)
+    return list(groups.values())
 
 
 def preprocess_manifest(
@@ -135,13 +168,9 @@ def preprocess_manifest(
 ) -> PreprocessReport:
     """Compute and cache the views of every nodule not yet cached; never raises for one bad nodule."""
     report = PreprocessReport()
-    groups: dict[str, list[NoduleRecord]] = defaultdict(list)
-    for record in manifest:
-        if cache.is_current(record):
-            report.skipped.append(record.nodule_id)
-        else:
-            groups[f"{record.image}|{record.series_uid or ''}"].append(record)  # one read per scan
-    todo = sum(len(g) for g in groups.values())  # no bar when every nodule is cached already
+    report.skipped = [record.nodule_id for record in manifest if cache.is_current(record)]
+    groups = scan_groups(record for record in manifest if not cache.is_current(record))
+    todo = sum(len(g) for g in groups)  # no bar when every nodule is cached already
     bar = progress_bar(total=todo, unit="nodule", desc="views", disable=not progress or todo == 0)
     workers = max(1, min(workers, len(groups)))
 
@@ -153,10 +182,10 @@ def preprocess_manifest(
     started = time.time()
     try:
         if workers == 1:
-            for records in groups.values():
+            for records in groups:
                 collect(_process_image(records, cache))
         else:
-            _run_pool(list(groups.values()), cache, workers, collect)
+            run_pool(_process_image, [(records, cache) for records in groups], workers, collect)
     finally:
         bar.close()
         cache.remove_stale_temporaries(before=started)
@@ -189,13 +218,14 @@ def _stop_pool(pool: futures.ProcessPoolExecutor) -> None:
             process.join(timeout=1)
 
 
-def _run_pool(groups: list[list[NoduleRecord]], cache: ViewCache, workers: int, collect) -> None:
-    """Process the image groups in `workers` processes, passing each group's results to `collect`."""
+def run_pool(function, jobs: list[tuple], workers: int, collect) -> None:
+    """`function(*job)` for each job in `workers` processes, each result passed to `collect` as it comes (in this
+    process, so that it can use the results while the workers go on); Ctrl-C or an error stops the workers."""
     ctx = multiprocessing.get_context("spawn")
     pool = futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_watch_parent, initargs=(os.getpid(),))
     try:
-        jobs = [pool.submit(_process_image, records, cache) for records in groups]
-        for job in futures.as_completed(jobs):
+        submitted = [pool.submit(function, *job) for job in jobs]
+        for job in futures.as_completed(submitted):
             collect(job.result())
     except futures.process.BrokenProcessPool:
         _stop_pool(pool)
