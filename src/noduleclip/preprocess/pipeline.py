@@ -143,7 +143,7 @@ def _process_image(records: list[NoduleRecord], cache: ViewCache) -> list[tuple[
     """Read one image and cache the views of its nodules; returns (nodule_id, error or None)."""
     results: list[tuple[str, str | None]] = []
     for record, cut in zip(records, scan_views(records, cache.config), strict=True):
-        if cut.error is None:
+        if cut.views is not None and cut.center is not None:  # cut without error
             try:
                 cache.save(record, cut.views, cut.center, {"source_spacing": cut.source_spacing})
             except NoduleClipError as exc:
