@@ -76,6 +76,7 @@ class FakeNetwork:
     def __init__(self, prompt_embeds: list[np.ndarray], scales: list[float], text: bool = True):
         self.prompt_embeds, self.scales, self.fold = prompt_embeds, scales, None
         self.text = object() if text else None
+        self.image_only = False  # built with its text tower (when it has one)
 
     def eval(self):
         return self
