@@ -145,12 +145,29 @@ def predict_manifest(run: str | os.PathLike, manifest_path: str | os.PathLike, o
     bar = progress_bar(total=sum(len(g) for g in todo), unit="nodule", desc="predict",
                        disable=not progress or not todo)
 
+    pending: list[tuple[list[NoduleRecord], list[CutNodule]]] = []  # scans cut, waiting for a full batch
+
+    def flush() -> None:
+        """Score the waiting scans' nodules in one batch (the fold models swap once per batch, not per scan) and
+        write each scan's part."""
+        ready = [c for _, cuts in pending for c in cuts if c.error is None]
+        scored = {}
+        if ready:
+            sites = [NoduleSite(c.nodule_id, np.asarray(c.center), f"nodule {c.nodule_id}") for c in ready]
+            scored = {p.nodule_id: p for p in model.predict_views(np.stack([c.views for c in ready]), sites)}
+        for records, cuts in pending:
+            predictions = [scored[c.nodule_id] for c in cuts if c.error is None]
+            part = _scan_part(model, records, cuts, predictions, identity, out if (panels or dicom_sr) else None,
+                              dicom_sr)
+            write_json(_part_path(parts, records), part)
+            report.predicted += len(part["nodules"])
+            bar.update(len(records))
+        pending.clear()
+
     def collect(result: tuple[list[NoduleRecord], list[CutNodule]]) -> None:
-        records, cuts = result
-        part = _predict_scan(model, records, cuts, identity, out if (panels or dicom_sr) else None, dicom_sr)
-        write_json(_part_path(parts, records), part)
-        report.predicted += len(part["nodules"])
-        bar.update(len(records))
+        pending.append(result)
+        if sum(len(cuts) for _, cuts in pending) >= model.ensemble.batch_size:
+            flush()
 
     workers = default_workers() if workers is None else max(1, workers)
     try:
@@ -159,6 +176,7 @@ def predict_manifest(run: str | os.PathLike, manifest_path: str | os.PathLike, o
         else:
             for records in todo:
                 collect(_cut(records, model.views))
+        flush()
     finally:
         bar.close()
     processes.wait()
@@ -168,17 +186,14 @@ def predict_manifest(run: str | os.PathLike, manifest_path: str | os.PathLike, o
     return report
 
 
-def _predict_scan(model: NoduleClip, records: list[NoduleRecord], cuts: list[CutNodule], identity: str,
-                  scans: Path | None, dicom_sr: bool) -> dict:
+def _scan_part(model: NoduleClip, records: list[NoduleRecord], cuts: list[CutNodule], predictions: list,
+               identity: str, scans: Path | None, dicom_sr: bool) -> dict:
     """One scan's part: its nodules' predictions (the manifest's columns beside them) and its failures."""
     by_id = {r.nodule_id: r for r in records}
-    ready = [c for c in cuts if c.error is None]
     failed = [{"nodule_id": c.nodule_id, "image": str(by_id[c.nodule_id].image), "reason": c.error}
               for c in cuts if c.error is not None]
     nodules = []
-    if ready:
-        sites = [NoduleSite(c.nodule_id, np.asarray(c.center), f"nodule {c.nodule_id}") for c in ready]
-        predictions = model.predict_views(np.stack([c.views for c in ready]), sites)
+    if predictions:
         for prediction in predictions:
             record = by_id[prediction.nodule_id]
             nodules.append({"patient_id": record.patient_id, "image": str(record.image),
