@@ -20,7 +20,6 @@ views) get the same probe, alone and fused with Astra. Prints the table and writ
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -50,28 +49,15 @@ FEATURE_VERSION = 1
 
 
 def prepare(data: Path, out: Path) -> tuple[NoduleManifest, SplitPlan, TrainConfig, list[tuple[str, str]]]:
-    """lidc.py's manifest (unreadable nodules left out, as its drop_unreadable does, in one process) and folds."""
-    from noduleclip.preprocess.cache import ViewCache
-    from noduleclip.preprocess.pipeline import preprocess_manifest
-
+    """lidc.py's manifest (unreadable nodules left out by its drop_unreadable, in one process) and folds."""
     config = TrainConfig(**lidc.FULL, test_fraction=0.0, threads=1, cache=str((out / "cache").resolve())).validate()
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.csv"
     import_crops(lidc.crop_table(data, out, quick=False), manifest_path)
-    report = preprocess_manifest(NoduleManifest.read(manifest_path), ViewCache(config.cache, config.views),
-                                 workers=1, progress=True)
-    failed = dict(report.failed)
-    if failed:
-        with open(manifest_path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            fields, rows = reader.fieldnames, [r for r in reader if r["nodule_id"] not in failed]
-        with open(manifest_path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(fields or []))
-            writer.writeheader()
-            writer.writerows(rows)
+    failed = lidc.drop_unreadable(manifest_path, config, workers=1, progress=True)
     manifest = NoduleManifest.read(manifest_path)
     plan = shared_splits(manifest, out, config)
-    return manifest, plan, config, report.failed
+    return manifest, plan, config, failed
 
 
 def same_splits_as(plan: SplitPlan, other: Path) -> bool | None:

@@ -101,7 +101,8 @@ def crop_table(data: Path, out: Path, quick: bool) -> Path:
     return out / "crops.csv"
 
 
-def drop_unreadable(manifest_path: Path, config: TrainConfig) -> list[tuple[str, str]]:
+def drop_unreadable(manifest_path: Path, config: TrainConfig, workers: int = 2,
+                    progress: bool = False) -> list[tuple[str, str]]:
     """Cut every nodule's views into the shared cache; rewrite the manifest without the nodules that cannot be cut.
 
     The crops hold one known bad row (LIDC-IDRI-0332_R_1: its centre lies outside its crop), which training
@@ -111,14 +112,14 @@ def drop_unreadable(manifest_path: Path, config: TrainConfig) -> list[tuple[str,
     from noduleclip.preprocess.pipeline import preprocess_manifest
 
     report = preprocess_manifest(NoduleManifest.read(manifest_path), ViewCache(config.cache, config.views),
-                                 workers=2, progress=False)
+                                 workers=workers, progress=progress)
     failed = dict(report.failed)
     if failed:
         with open(manifest_path, newline="") as handle:
             reader = csv.DictReader(handle)
             fields, rows = reader.fieldnames, [r for r in reader if r["nodule_id"] not in failed]
         with open(manifest_path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer = csv.DictWriter(handle, fieldnames=list(fields or []))
             writer.writeheader()
             writer.writerows(rows)
     return report.failed

