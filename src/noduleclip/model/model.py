@@ -211,8 +211,7 @@ class NoduleClipModel(nn.Module):
         if self.text is not None:
             self.text_projection = ProjectionHead(self.text.dim, config.embed_dim, config.projection_dropout)
             self.text_head = malignancy_head(config.embed_dim)
-            self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
-        elif self.image_only:
+        if self.text is not None or self.image_only:
             self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
         self._prompt_cache: dict = {}
         self._apply_tuning()

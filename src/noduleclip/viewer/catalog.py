@@ -17,9 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-
-from noduleclip.data.manifest import REQUIRED, NoduleManifest
+from noduleclip.data.manifest import REQUIRED, NoduleManifest, NoduleRecord
 from noduleclip.errors import InputError, NoduleClipError
 from noduleclip.io.dicom import scan_dicom_folder
 
@@ -126,12 +124,12 @@ class ScanEntry:
 
 @dataclass
 class MarkedNodule:
-    """A nodule a manifest gives for a scan: its id and centre (LPS mm; a mask's centroid is taken at opening)."""
+    """A nodule a manifest gives for a scan: its id, the manifest and its row (the centre, or the mask whose
+    centroid is taken when the scan is opened)."""
 
     nodule_id: str
     manifest: str
-    coord: np.ndarray | None
-    mask: Path | None
+    record: NoduleRecord
     label: int | None
 
 
@@ -253,5 +251,5 @@ def marked_nodules(catalog: Catalog, entry: ScanEntry) -> list[MarkedNodule]:
             mask = record.mask.resolve() if record.mask is not None else None
             if record.coord is None and (mask is None or not _inside(mask, catalog.root)):
                 continue  # a crop without a centre, or a mask outside the root: nothing to mark
-            out.append(MarkedNodule(record.nodule_id, name, record.coord, mask, record.label))
+            out.append(MarkedNodule(record.nodule_id, name, record, record.label))
     return out

@@ -122,8 +122,7 @@ class ViewerSession:
     def open(self, path: str, series_uid: str | None = None) -> OpenScan:
         """The scan, read once and kept among the last `capacity` opened."""
         from noduleclip.predict.sites import read_image
-        from noduleclip.preprocess.pipeline import check_inside
-        from noduleclip.preprocess.views import mask_centroid
+        from noduleclip.preprocess.pipeline import nodule_center
 
         entry = self.entry(path, series_uid)
         key = entry.key
@@ -141,17 +140,8 @@ class ViewerSession:
             volume = read_image(location, series_uid=entry.series_uid)
             geometry = AxialGeometry.of(volume)
             marked = marked_nodules(self.catalog(), entry)
-            centres = {}
-            for nodule in marked:
-                if nodule.coord is not None:
-                    centre = nodule.coord
-                else:
-                    from noduleclip.io import read_mask
-
-                    assert nodule.mask is not None
-                    centre = mask_centroid(read_mask(nodule.mask, reference=volume))
-                check_inside(volume, centre, f"nodule {nodule.nodule_id!r} of {nodule.manifest}")
-                centres[nodule.nodule_id] = np.asarray(centre, dtype=np.float64)
+            # as preprocessing places them: the given centre, else the mask's centroid, checked to lie inside
+            centres = {nodule.nodule_id: nodule_center(volume, nodule.record) for nodule in marked}
             scan = OpenScan(entry, volume, geometry, geometry.stack(volume.array), marked, centres)
             with self._state_lock:
                 self._scans[key] = scan
