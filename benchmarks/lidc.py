@@ -41,6 +41,7 @@ from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
 from noduleclip.evaluate.stats import delong_test, wilcoxon
 from noduleclip.importers import import_crops, read_lidc_ratings
+from noduleclip.preprocess.views import ViewConfig
 from noduleclip.semantics.prompts import ENSEMBLE, PAPER
 from noduleclip.train.config import TrainConfig
 from noduleclip.train.results import brief_scores
@@ -527,6 +528,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "as it is (train's option; default 4)")
     parser.add_argument("--consistency-weight", type=float, default=0.0, help="weight of the consistency loss "
                         "between two versions of each nodule (train's option; needs augmentation; default 0: none)")
+    parser.add_argument("--mark-outside", action="store_true", help="cut views that mark their pixels beyond the "
+                        "crop's edge (the model sees them in blue) instead of filling them with air")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny random towers, 20 patients, 2 folds, 1 epoch")
     args = parser.parse_args(argv)
@@ -544,9 +547,11 @@ def main(argv: list[str] | None = None) -> dict:
         settings["consistency_weight"] = args.consistency_weight
     out = args.out or ROOT / "benchmarks" / "out" / ("lidc-quick" if args.quick else "lidc")
     models = parse_models(args.models)
-    config = TrainConfig(**settings, threads=args.threads, cache=str((out / "ablation" / "cache").resolve())).validate()
+    config = TrainConfig(**settings, threads=args.threads, cache=str((out / "ablation" / "cache").resolve()),
+                         views=ViewConfig(mark_outside=args.mark_outside)).validate()
     seconds, started = {}, time.perf_counter()
-    print("settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + f", models {','.join(models)}")
+    print("settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + f", models {','.join(models)}"
+          + (", views marking the crop's edge" if args.mark_outside else ""))
 
     tick = time.perf_counter()
     print("[1] importing the LIDC crops", flush=True)

@@ -33,13 +33,22 @@ def field_of_view_box(size: int, field_of_view: int) -> tuple[float, float, floa
     return start - 0.5, start - 0.5, float(field_of_view)
 
 
+def view_image(view: np.ndarray) -> np.ndarray:
+    """One view as an RGB image: grey in [0, 1], pure blue where it is marked outside the scan (negative)."""
+    view = np.asarray(view, dtype=np.float32)
+    rgb = np.repeat(np.clip(view, 0.0, 1.0)[..., None], 3, axis=-1)
+    rgb[view < 0] = (0.0, 0.0, 1.0)
+    return rgb
+
+
 def draw_views(axes, views: np.ndarray, attention=None, names=PLANE_NAMES, field_of_view: int | None = None) -> None:
     """Draw nine views into nine axes, titled by plane (and attention weight when given); with `field_of_view`,
-    a dashed square marks the part of each view the model reads."""
+    a dashed square marks the part of each view the model reads. Pixels marked outside the scan
+    (`ViewConfig.mark_outside`) are drawn blue, as the model sees them."""
     views = np.asarray(views, dtype=np.float32)
     top = None if attention is None else int(np.argmax(attention))
     for p, ax in enumerate(np.ravel(axes)):
-        ax.imshow(views[p], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.imshow(view_image(views[p]), interpolation="nearest")
         n = views.shape[-1]
         ax.plot([n // 2], [n // 2], marker="+", color="tab:red", markersize=8, alpha=0.6)
         if field_of_view is not None and field_of_view < n:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from noduleclip.commands import summary
@@ -16,6 +17,10 @@ def add_view_options(parser) -> None:
     g.add_argument("--spacing-mm", type=float, default=d.spacing_mm, help="view pixel size in mm (default %(default)s)")
     g.add_argument("--hu-min", type=float, default=d.hu_min, help="lower HU of the window (default %(default)s)")
     g.add_argument("--hu-max", type=float, default=d.hu_max, help="upper HU of the window (default %(default)s)")
+    g.add_argument("--mark-outside", action=argparse.BooleanOptionalAction, default=d.mark_outside,
+                   help="mark the views' pixels beyond the scan's edge (the model sees them in blue) instead of "
+                   "filling them with air, which looks like lung; for crops a few millimetres deep "
+                   "(default %(default)s)")
 
 
 def view_config(args) -> ViewConfig:
@@ -26,7 +31,8 @@ def view_config(args) -> ViewConfig:
     if args.hu_max <= args.hu_min:
         raise InputError(f"--hu-max ({args.hu_max}) must be above --hu-min ({args.hu_min})")
     size = int(round(args.cube_mm / args.spacing_mm))
-    return ViewConfig(size=size, spacing_mm=args.spacing_mm, hu_min=args.hu_min, hu_max=args.hu_max)
+    return ViewConfig(size=size, spacing_mm=args.spacing_mm, hu_min=args.hu_min, hu_max=args.hu_max,
+                      mark_outside=bool(getattr(args, "mark_outside", False)))
 
 
 def register(sub) -> None:

@@ -109,6 +109,8 @@ class ViewTransform(nn.Module):
     With `field_of_view` N, only the central N x N pixels of each view are resized to S: a zoom on the
     nodule (views are cut at 1 mm, so N pixels are N mm). At 112 px a 50 mm view gives the ViT's 14-pixel
     patches 6 mm of tissue each; a 24 mm field of view gives them 3 mm, the scale of spicules and lobules.
+    Pixels marked outside the scan (`ViewConfig.mark_outside`) become pure blue: air in the red and green
+    planes, white in the blue one.
     """
 
     scale: torch.Tensor  # buffers: 1 / std and -mean / std, (1, 3, 1, 1)
@@ -129,11 +131,15 @@ class ViewTransform(nn.Module):
             top, left = (height - self.field_of_view) // 2, (width - self.field_of_view) // 2
             planes = planes[..., top:top + self.field_of_view, left:left + self.field_of_view]
             height = width = self.field_of_view
+        outside = planes < 0  # views cut with `mark_outside` hold OUTSIDE (-1) beyond the scan
+        marked = bool(outside.any())
+        if marked:  # the grey planes get air there, and a blue plane marks it: (0, 0, 1) in RGB, which no CT has
+            planes = torch.cat([planes.clamp_min(0.0)] * 2 + [torch.where(outside, 1.0, planes)], dim=1)
         size = self.image_size
         if (height, width) != (size, size):
             planes = F.interpolate(planes, size=(size, size), mode="bilinear", align_corners=False,
                                    antialias=size < min(height, width))
-        return planes * self.scale + self.shift  # broadcasts the grey plane to three channels
+        return planes * self.scale + self.shift  # a single grey plane broadcasts to the three channels
 
 
 def _block_index(module_name: str) -> int | None:

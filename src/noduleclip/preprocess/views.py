@@ -21,6 +21,7 @@ from scipy import ndimage
 from noduleclip.io.volume import Volume
 
 AIR_HU = -1000.0
+OUTSIDE = -1.0  # the value of a view pixel outside the scan when the views mark it (windowed views lie in [0, 1])
 
 # (rotation axes pair or None, cube axis the slice is taken along), in the authors' order.
 PLANES: tuple[tuple[tuple[int, int] | None, int], ...] = (
@@ -39,17 +40,26 @@ PLANE_NAMES = tuple(
 
 @dataclass(frozen=True)
 class ViewConfig:
-    """How views are cut: cube edge in samples, sample spacing in mm, HU window, rotation angle."""
+    """How views are cut: cube edge in samples, sample spacing in mm, HU window, rotation angle, and whether the
+    pixels outside the scan are marked (`OUTSIDE`) instead of filled with air.
+
+    Marking matters where a scan ends close to the nodule, as in crops a few millimetres deep: filled with air,
+    the off-axial planes' padding looks like lung; marked, the model's `ViewTransform` shows it in a colour that
+    no CT pixel has.
+    """
 
     size: int = 50
     spacing_mm: float = 1.0
     hu_min: float = -1000.0
     hu_max: float = 500.0
     angle_deg: float = 45.0
+    mark_outside: bool = False
 
     def to_dict(self) -> dict:
-        return {"size": self.size, "spacing_mm": self.spacing_mm, "hu_min": self.hu_min,
-                "hu_max": self.hu_max, "angle_deg": self.angle_deg}
+        out = {"size": self.size, "spacing_mm": self.spacing_mm, "hu_min": self.hu_min,
+               "hu_max": self.hu_max, "angle_deg": self.angle_deg}
+        # only when set, so that the caches and runs made before the option stay current
+        return out | ({"mark_outside": True} if self.mark_outside else {})
 
 
 def rotation_in_plane(pair: tuple[int, int] | None, angle_deg: float) -> np.ndarray:
@@ -100,7 +110,9 @@ def window(hu: np.ndarray, config: ViewConfig = ViewConfig()) -> np.ndarray:
 def sample_planes(volume: Volume, center_lps, config: ViewConfig = ViewConfig()) -> np.ndarray:
     """The nine views of the nodule at `center_lps` (world mm, LPS): float32 (9, size, size) in [0, 1].
 
-    One trilinear interpolation per pixel from the source voxels; outside the scan is air.
+    One trilinear interpolation per pixel from the source voxels; outside the scan is air, or `OUTSIDE` with
+    `config.mark_outside` (a pixel is inside when its point lies within the voxels' extent, half a voxel beyond
+    the first and last voxel centres on every axis).
     """
     center = np.asarray(center_lps, dtype=np.float64).reshape(3)
     world = _offsets(config) + center
@@ -108,7 +120,12 @@ def sample_planes(volume: Volume, center_lps, config: ViewConfig = ViewConfig())
     coords = ijk[:, ::-1].T  # (k, j, i) rows to index the (z, y, x) array
     hu = ndimage.map_coordinates(volume.array, coords, order=1, mode="constant", cval=AIR_HU,
                                  output=np.float32, prefilter=False)
-    return window(hu, config).reshape(len(PLANES), config.size, config.size)
+    views = window(hu, config)
+    if config.mark_outside:
+        shape = np.asarray(volume.array.shape, dtype=np.float64)[:, None]
+        inside = np.all((coords >= -0.5) & (coords <= shape - 0.5), axis=0)
+        views[~inside] = OUTSIDE
+    return views.reshape(len(PLANES), config.size, config.size)
 
 
 def mask_centroid(mask: Volume) -> np.ndarray:

@@ -485,7 +485,8 @@ def render_model_card(card: dict) -> str:
             out.append(f"| `{name}` | {_setting(settings[name])} |")
     views = settings.get("views") or {}
     out += [f"| `views` | {views.get('size')} x {views.get('size')} samples at {views.get('spacing_mm')} mm, HU "
-            f"[{views.get('hu_min')}, {views.get('hu_max')}] |", "",
+            f"[{views.get('hu_min')}, {views.get('hu_max')}]"
+            f"{', beyond the scan marked' if views.get('mark_outside') else ''} |", "",
             "Every setting is in config.json; `noduleclip train MANIFEST --out NEW --config RUN/config.json` trains "
             "the same run again.", ""]
     out += ["## Results", "", f"AUROC and AUPRC with {int((cv.get('ci_level') or 0.95) * 100)}% bootstrap intervals "
