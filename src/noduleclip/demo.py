@@ -38,8 +38,8 @@ class DemoConfig:
     epochs: int = _size(20, "most epochs per fold (early stopping, patience 5, usually ends a fold sooner)")
     batch_size: int = _size(8, "nodules per training step")
     image_size: int = _size(112, "encoder input size in pixels")
-    lora_image_blocks: int | None = _size(2, "LoRA in the image tower's top N blocks (the rest are computed once)")
-    lora_rank: int = _size(8, "LoRA rank (the paper's is 2; with LoRA in two blocks only, a larger rank "
+    lora_image_blocks: int | None = _size(1, "LoRA in the image tower's top N blocks (the rest are computed once)")
+    lora_rank: int = _size(8, "LoRA rank (the paper's is 2; with LoRA in the top block only, a larger rank "
                            "gives the image tower room to adapt)")
     lora_alpha: float = _size(8.0, "LoRA alpha (alpha / rank = 1, the paper's scale)")
     image_augmentation: bool = _size(True, "train on randomly turned and mirrored views (4 fixed versions per nodule)")
