@@ -27,7 +27,8 @@ def _size(default, help: str):
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo (the defaults take about 11 minutes on 2 cores with native bf16, install excluded)."""
+    """Sizes of the demo (the defaults take about 8 minutes on 2 cores with native bf16 and 9 to 11 in float32,
+    install excluded)."""
 
     train_patients: int = _size(150, "synthetic screening (low-dose) patients for training and the internal test")
     external_patients: int = _size(60, "synthetic patients of the external cohort")
