@@ -50,9 +50,10 @@ from noduleclip.train.resume import RunLog
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 # The recipe that the lever table chose by cross-validation (see LEVERS): plain shuffling, lr 3e-4, up to 20
-# epochs with patience 5, a size head and a 16 mm field of view.
+# epochs with patience 5, a size head and a 16 mm field of view; its lora and vision-only runs put LoRA in the
+# image tower's top block.
 RECIPE = dict(sampler="none", lr=3e-4, patience=5, field_of_view=16, size_weight=1.0, batch_size=8)
-FULL = dict(backbone="dinov2-s+minilm", folds=5, epochs=20, image_size=112, lora_image_blocks=2, bootstrap=1000,
+FULL = dict(backbone="dinov2-s+minilm", folds=5, epochs=20, image_size=112, lora_image_blocks=1, bootstrap=1000,
             **RECIPE)
 QUICK = dict(backbone="tiny", folds=2, epochs=1, image_size=28, lora_image_blocks=1, bootstrap=50, **RECIPE)
 QUICK_PATIENTS, QUICK_XML_FILES = 10, 150  # per class; XML files read in --quick
