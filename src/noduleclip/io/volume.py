@@ -55,11 +55,16 @@ class Volume:
         world = np.asarray(world, dtype=np.float64)
         return (world - self.origin) @ np.linalg.inv(self.index_to_world_matrix).T
 
-    def contains(self, world, margin_voxels: float = 0.5) -> bool:
-        """True when the LPS point lies inside the scanned voxels (within half a voxel of the edge)."""
-        idx = self.world_to_index(world)
+    def index_inside(self, ijk, margin_voxels: float = 0.5) -> np.ndarray:
+        """Per point of continuous (i, j, k) indices, shape (..., 3): True inside the scanned voxels (within
+        `margin_voxels` beyond the first and last voxel centres on every axis)."""
+        ijk = np.asarray(ijk, dtype=np.float64)
         upper = np.asarray(self.shape_ijk) - 1 + margin_voxels
-        return bool(np.all(idx >= -margin_voxels) and np.all(idx <= upper))
+        return np.all((ijk >= -margin_voxels) & (ijk <= upper), axis=-1)
+
+    def contains(self, world, margin_voxels: float = 0.5) -> bool:
+        """True when the LPS point(s) lie inside the scanned voxels (within half a voxel of the edge)."""
+        return bool(np.all(self.index_inside(self.world_to_index(world), margin_voxels)))
 
     def world_extent(self) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned LPS bounding box (min, max) of the voxel centres, in mm."""

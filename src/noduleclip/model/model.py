@@ -132,8 +132,7 @@ class ViewTransform(nn.Module):
             planes = planes[..., top:top + self.field_of_view, left:left + self.field_of_view]
             height = width = self.field_of_view
         outside = planes < 0  # views cut with `mark_outside` hold OUTSIDE (-1) beyond the scan
-        marked = bool(outside.any())
-        if marked:  # the grey planes get air there, and a blue plane marks it: (0, 0, 1) in RGB, which no CT has
+        if bool(outside.any()):  # the grey planes get air there, and a blue plane marks it: RGB (0, 0, 1), no CT's
             planes = torch.cat([planes.clamp_min(0.0)] * 2 + [torch.where(outside, 1.0, planes)], dim=1)
         size = self.image_size
         if (height, width) != (size, size):

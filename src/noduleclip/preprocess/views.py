@@ -111,8 +111,8 @@ def sample_planes(volume: Volume, center_lps, config: ViewConfig = ViewConfig())
     """The nine views of the nodule at `center_lps` (world mm, LPS): float32 (9, size, size) in [0, 1].
 
     One trilinear interpolation per pixel from the source voxels; outside the scan is air, or `OUTSIDE` with
-    `config.mark_outside` (a pixel is inside when its point lies within the voxels' extent, half a voxel beyond
-    the first and last voxel centres on every axis).
+    `config.mark_outside` (outside as `Volume.contains` has it: more than half a voxel beyond the first or last
+    voxel centre on some axis).
     """
     center = np.asarray(center_lps, dtype=np.float64).reshape(3)
     world = _offsets(config) + center
@@ -122,9 +122,7 @@ def sample_planes(volume: Volume, center_lps, config: ViewConfig = ViewConfig())
                                  output=np.float32, prefilter=False)
     views = window(hu, config)
     if config.mark_outside:
-        shape = np.asarray(volume.array.shape, dtype=np.float64)[:, None]
-        inside = np.all((coords >= -0.5) & (coords <= shape - 0.5), axis=0)
-        views[~inside] = OUTSIDE
+        views[~volume.index_inside(ijk)] = OUTSIDE
     return views.reshape(len(PLANES), config.size, config.size)
 
 

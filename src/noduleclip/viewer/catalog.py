@@ -127,10 +127,16 @@ class MarkedNodule:
     """A nodule a manifest gives for a scan: its id, the manifest and its row (the centre, or the mask whose
     centroid is taken when the scan is opened)."""
 
-    nodule_id: str
     manifest: str
     record: NoduleRecord
-    label: int | None
+
+    @property
+    def nodule_id(self) -> str:
+        return self.record.nodule_id
+
+    @property
+    def label(self) -> int | None:
+        return self.record.label
 
 
 @dataclass
@@ -251,5 +257,5 @@ def marked_nodules(catalog: Catalog, entry: ScanEntry) -> list[MarkedNodule]:
             mask = record.mask.resolve() if record.mask is not None else None
             if record.coord is None and (mask is None or not _inside(mask, catalog.root)):
                 continue  # a crop without a centre, or a mask outside the root: nothing to mark
-            out.append(MarkedNodule(record.nodule_id, name, record, record.label))
+            out.append(MarkedNodule(name, record))
     return out
