@@ -105,8 +105,7 @@ def test_interval_zero_writes_a_line_for_every_update():
         for _ in range(4):
             bar.update(1)
     assert [line.split(",")[0] for line in lines(out)] == ["d: 1/4 batches (25%)", "d: 2/4 batches (50%)",
-                                                          "d: 3/4 batches (75%)", "d: 4/4 batches (100%)",
-                                                          "d: 4/4 batches (100%)"]
+                                                          "d: 3/4 batches (75%)", "d: 4/4 batches (100%)"]
 
 
 def test_wrapping_an_iterable_counts_its_items_and_closes_at_its_end(auto):

@@ -120,12 +120,13 @@ class PlainProgress(Generic[T]):
 
     # -- the interface shared with tqdm --------------------------------------------------------------------
     def update(self, n: float = 1) -> None:
-        """Count `n` more; write a line when `interval` seconds have passed since the last one (or the start)."""
+        """Count `n` more; write a line when `interval` seconds have passed since the last one (or the start), unless
+        the count is complete: closing writes that line, once."""
         if self.closed:
             return
         self.n += n
         now = self.clock()
-        if now - self.last_line >= self.interval:
+        if now - self.last_line >= self.interval and (self.total is None or self.n < self.total):
             self._write(now, final=False)
 
     def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kwargs: Any) -> None:
