@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import BASE, assert_same_results, comparable_log, write_sphere_scans
 from noduleclip.data.manifest import NoduleManifest
@@ -101,3 +102,34 @@ def test_training_reads_the_re_rendered_copies_and_repeats_exactly(tiny_run, tin
             return [e["train"]["total"] for e in comparable_log(run) if e["event"] == "epoch"]
         plain = first_losses(tiny_run.run)
         assert first_losses(runs[0].run) != pytest.approx([plain[0], plain[2]], abs=1e-6)
+
+
+def test_the_frozen_blocks_run_once_on_every_nodule_and_again_only_on_those_a_fold_trains_on(tiny_cohort, tmp_path,
+                                                                                            monkeypatch):
+    """With turned versions of each nodule, the held-out test nodules need only the first (they are never trained
+    on): the frozen blocks see all nodules once, then the training nodules' turned versions, nothing more."""
+    from noduleclip.model.model import NoduleClipModel
+    from noduleclip.train.dataset import augmented_variants
+    from noduleclip.train.splits import SplitPlan
+
+    seen: list[torch.Tensor] = []
+    original = NoduleClipModel.image_prefix
+
+    def recording(self, views, *args, **kwargs):
+        seen.append(views.clone())
+        return original(self, views, *args, **kwargs)
+
+    monkeypatch.setattr(NoduleClipModel, "image_prefix", recording)
+    config = TrainConfig(**{**BASE, "epochs": 1, "augment_variants": 3, "lora_image_blocks": 1,
+                            "image_augmentation": True}, cache=str(tiny_cohort.cache))
+    run = train_run(tiny_cohort.manifest, tmp_path / "run", config).run
+    records = list(NoduleManifest.read(tiny_cohort.manifest))
+    test = set(SplitPlan.read_csv(run / "splits.csv").test_ids())
+    trained = torch.tensor([r.nodule_id not in test for r in records])
+    assert 0 < len(test) < len(records)
+    training = seen[:3]  # the ensemble's scoring afterwards computes its own
+    views = training[0]
+    assert len(views) == len(records)
+    expected = augmented_variants(views, 3, config.seed)
+    for got, version in zip(training[1:], expected[1:], strict=True):
+        assert torch.equal(got, version[trained])

@@ -285,7 +285,7 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
         if main:
             _start_run_folder(run, plan, described if document is None else None)
         views = _views(manifest, config, run, accelerator)
-        inputs = _training_inputs(probe, views, config, run, accelerator, manifest.records)
+        inputs = _training_inputs(probe, views, config, run, accelerator, manifest.records, set(plan.test_ids()))
         del probe
         if main:
             _report_resume(run, config)
@@ -347,7 +347,7 @@ class _Inputs:
 
 
 def _training_inputs(probe: NoduleClipModel, views: torch.Tensor, config: TrainConfig, run: Path, accelerator,
-                     records: list) -> _Inputs:
+                     records: list, test_ids: set[str]) -> _Inputs:
     """The views, or (probing, or LoRA on the top blocks) the frozen bottom blocks' output, once per nodule; with
     augmentation that is computed once, several versions of each nodule."""
     main = accelerator.is_main_process
@@ -366,14 +366,18 @@ def _training_inputs(probe: NoduleClipModel, views: torch.Tensor, config: TrainC
         with accelerator.autocast():
             inputs = probe.image_prefix(views, config.eval_batch_size, progress=config.progress and main).float()
         return _Inputs(inputs, inputs, True, False)
-    # (N, versions, ...), each version written in place: no second copy of all of them at once
+    # (N, versions, ...), each version written in place: no second copy of all of them at once. Only the nodules
+    # that some fold trains on need the augmented versions; a held-out test nodule keeps its first version in all.
+    trained = torch.tensor([r.nodule_id not in test_ids for r in records])
     versions: torch.Tensor | None = None
     for v, copy in enumerate(augmented_variants(views, config.augment_variants, config.seed, copies, turn=turned)):
+        rows = slice(None) if v == 0 else trained
         with accelerator.autocast():
-            prefix = probe.image_prefix(copy, config.eval_batch_size, progress=config.progress and main)
+            prefix = probe.image_prefix(copy[rows], config.eval_batch_size, progress=config.progress and main)
         if versions is None:
             versions = torch.empty((len(views), config.augment_variants, *prefix.shape[1:]))
-        versions[:, v] = prefix
+            versions[~trained] = prefix[~trained, None]
+        versions[rows, v] = prefix
     assert versions is not None
     return _Inputs(versions, versions[:, 0], True, True)
 
