@@ -531,6 +531,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "between two versions of each nodule (train's option; needs augmentation; default 0: none)")
     parser.add_argument("--mark-outside", action="store_true", help="cut views that mark their pixels beyond the "
                         "crop's edge (the model sees them in blue) instead of filling them with air")
+    parser.add_argument("--smooth-mm", type=float, default=0.0, help="blur each scan by a Gaussian of this many mm "
+                        "before its views are cut, in training and scoring alike (default 0: none)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny random towers, 20 patients, 2 folds, 1 epoch")
     args = parser.parse_args(argv)
@@ -549,10 +551,11 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or ROOT / "benchmarks" / "out" / ("lidc-quick" if args.quick else "lidc")
     models = parse_models(args.models)
     config = TrainConfig(**settings, threads=args.threads, cache=str((out / "ablation" / "cache").resolve()),
-                         views=ViewConfig(mark_outside=args.mark_outside)).validate()
+                         views=ViewConfig(mark_outside=args.mark_outside, smooth_mm=args.smooth_mm)).validate()
     seconds, started = {}, time.perf_counter()
     print("settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + f", models {','.join(models)}"
-          + (", views marking the crop's edge" if args.mark_outside else ""))
+          + (", views marking the crop's edge" if args.mark_outside else "")
+          + (f", scans blurred by {args.smooth_mm:g} mm before the views" if args.smooth_mm else ""))
 
     tick = time.perf_counter()
     print("[1] importing the LIDC crops", flush=True)

@@ -14,11 +14,10 @@ from noduleclip.io import read_volume
 from noduleclip.preprocess.acquisition import (
     acquisition_plan,
     acquisition_views,
-    crop_for_views,
     perturb_volume,
     random_acquisition,
 )
-from noduleclip.preprocess.views import ViewConfig, sample_planes
+from noduleclip.preprocess.views import ViewConfig, crop_for_views, sample_planes
 from noduleclip.train import TrainConfig, train_run
 from noduleclip.train import cv as cv_module
 

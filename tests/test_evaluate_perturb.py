@@ -13,13 +13,12 @@ from noduleclip.io.volume import Volume
 from noduleclip.preprocess.acquisition import (
     Perturbation,
     Step,
-    crop_for_views,
     parse_perturbations,
     perturb_volume,
     perturbed_views,
     slab_weights,
 )
-from noduleclip.preprocess.views import ViewConfig, sample_planes
+from noduleclip.preprocess.views import ViewConfig, crop_for_views, sample_planes
 
 
 def flat(shape=(40, 40, 40), spacing=(1.0, 1.0, 1.0), hu=0.0) -> Volume:

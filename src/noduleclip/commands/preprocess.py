@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from noduleclip.commands import summary
-from noduleclip.preprocess.views import ViewConfig
+from noduleclip.preprocess.views import MAX_SMOOTH_MM, ViewConfig
 
 
 def add_view_options(parser) -> None:
@@ -21,6 +21,10 @@ def add_view_options(parser) -> None:
                    help="mark the views' pixels beyond the scan's edge (the model sees them in blue) instead of "
                    "filling them with air, which looks like lung; for crops a few millimetres deep "
                    "(default %(default)s)")
+    g.add_argument("--smooth-mm", type=float, default=d.smooth_mm, metavar="MM",
+                   help="blur each scan around its nodule by a Gaussian of MM millimetres before cutting the views, "
+                   "in training and in prediction alike, to even out reconstruction kernels (default %(default)s: "
+                   "none)")
 
 
 def view_config(args) -> ViewConfig:
@@ -30,9 +34,12 @@ def view_config(args) -> ViewConfig:
         raise InputError("--cube-mm and --spacing-mm must be positive millimetres")
     if args.hu_max <= args.hu_min:
         raise InputError(f"--hu-max ({args.hu_max}) must be above --hu-min ({args.hu_min})")
+    smooth_mm = float(getattr(args, "smooth_mm", 0.0))
+    if not 0 <= smooth_mm <= MAX_SMOOTH_MM:
+        raise InputError(f"--smooth-mm {smooth_mm:g} is not a blur of 0 to {MAX_SMOOTH_MM:g} mm")
     size = int(round(args.cube_mm / args.spacing_mm))
     return ViewConfig(size=size, spacing_mm=args.spacing_mm, hu_min=args.hu_min, hu_max=args.hu_max,
-                      mark_outside=bool(getattr(args, "mark_outside", False)))
+                      mark_outside=bool(getattr(args, "mark_outside", False)), smooth_mm=smooth_mm)
 
 
 def register(sub) -> None:

@@ -57,7 +57,7 @@ def _given(action_class: type[argparse.Action]) -> type[argparse.Action]:
     return Given
 
 
-VIEW_OPTIONS = ("cube_mm", "spacing_mm", "hu_min", "hu_max", "mark_outside")
+VIEW_OPTIONS = ("cube_mm", "spacing_mm", "hu_min", "hu_max", "mark_outside", "smooth_mm")
 
 
 def add_train_options(group, skip: tuple[str, ...] = ()) -> None:
@@ -97,7 +97,7 @@ def _views_over(views, args, given):
     """The file's view settings with the view options the command line gave on top (the cube's edge and the
     spacing give the number of samples, as `view_config`)."""
     file_values = {"cube_mm": views.size * views.spacing_mm, "spacing_mm": views.spacing_mm, "hu_min": views.hu_min,
-                   "hu_max": views.hu_max, "mark_outside": views.mark_outside}
+                   "hu_max": views.hu_max, "mark_outside": views.mark_outside, "smooth_mm": views.smooth_mm}
     merged = argparse.Namespace(**{name: getattr(args, name) if name in given else value
                                     for name, value in file_values.items()})
     return dataclasses.replace(view_config(merged), angle_deg=views.angle_deg)

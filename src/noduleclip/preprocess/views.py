@@ -21,6 +21,8 @@ from scipy import ndimage
 from noduleclip.io.volume import Volume
 
 AIR_HU = -1000.0
+BLUR_TRUNCATE = 4.0  # Gaussian kernels reach this many sigma (scipy's default)
+MAX_SMOOTH_MM = 5.0  # a blur wider than this would erase the smallest nodules the views are for
 OUTSIDE = -1.0  # the value of a view pixel outside the scan when the views mark it (windowed views lie in [0, 1])
 
 # (rotation axes pair or None, cube axis the slice is taken along), in the authors' order.
@@ -40,12 +42,16 @@ PLANE_NAMES = tuple(
 
 @dataclass(frozen=True)
 class ViewConfig:
-    """How views are cut: cube edge in samples, sample spacing in mm, HU window, rotation angle, and whether the
-    pixels outside the scan are marked (`OUTSIDE`) instead of filled with air.
+    """How views are cut: cube edge in samples, sample spacing in mm, HU window, rotation angle, whether the
+    pixels outside the scan are marked (`OUTSIDE`) instead of filled with air, and a Gaussian blur (`smooth_mm`)
+    applied to the scan around the nodule before the views are cut.
 
     Marking matters where a scan ends close to the nodule, as in crops a few millimetres deep: filled with air,
     the off-axial planes' padding looks like lung; marked, the model's `ViewTransform` shows it in a colour that
     no CT pixel has.
+
+    Blurring every scan by a fixed `smooth_mm`, in training and in inference alike, evens out reconstruction
+    kernels: a sharp kernel and a smooth one give views that differ less once both are blurred.
     """
 
     size: int = 50
@@ -54,12 +60,14 @@ class ViewConfig:
     hu_max: float = 500.0
     angle_deg: float = 45.0
     mark_outside: bool = False
+    smooth_mm: float = 0.0
 
     def to_dict(self) -> dict:
         out = {"size": self.size, "spacing_mm": self.spacing_mm, "hu_min": self.hu_min,
                "hu_max": self.hu_max, "angle_deg": self.angle_deg}
-        # only when set, so that the caches and runs made before the option stay current
-        return out | ({"mark_outside": True} if self.mark_outside else {})
+        # each only when set, so that the caches and runs made before the option stay current
+        return (out | ({"mark_outside": True} if self.mark_outside else {})
+                | ({"smooth_mm": self.smooth_mm} if self.smooth_mm else {}))
 
 
 def rotation_in_plane(pair: tuple[int, int] | None, angle_deg: float) -> np.ndarray:
@@ -107,14 +115,45 @@ def window(hu: np.ndarray, config: ViewConfig = ViewConfig()) -> np.ndarray:
     return np.clip(scaled, 0.0, 1.0)
 
 
+def gaussian_blur(array: np.ndarray, spacing_zyx, sigma_mm: float) -> np.ndarray:
+    """Gaussian blur of `sigma_mm` millimetres on every axis of a (z, y, x) array; beyond its edge the array
+    continues with its edge values."""
+    return ndimage.gaussian_filter(array, sigma_mm / np.asarray(spacing_zyx, dtype=float), truncate=BLUR_TRUNCATE,
+                                   mode="nearest")
+
+
+def crop_for_views(volume: Volume, center_lps, config: ViewConfig, margin_mm: float) -> Volume:
+    """The part of `volume` that the views at `center_lps` sample, widened by `margin_mm` (clipped to the scan)."""
+    ijk = volume.world_to_index((plane_offsets(config) + np.asarray(center_lps, dtype=float)).reshape(-1, 3))
+    margin = np.ceil(margin_mm / volume.spacing).astype(int) + 2
+    shape = np.asarray(volume.shape_ijk)
+    lo = np.clip(np.floor(ijk.min(axis=0)).astype(int) - margin, 0, shape - 1)
+    hi = np.clip(np.ceil(ijk.max(axis=0)).astype(int) + margin, 0, shape - 1)
+    if np.any(hi < lo):  # the views lie wholly outside the scan: keep one voxel, the rest is air
+        lo = hi = np.clip(np.round(volume.world_to_index(center_lps)).astype(int), 0, shape - 1)
+    array = volume.array[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
+    return Volume(array, volume.index_to_world(lo), volume.spacing, volume.direction, volume.source)
+
+
+def smoothed_around(volume: Volume, center_lps, config: ViewConfig) -> Volume:
+    """The part of `volume` that the views sample, blurred by `config.smooth_mm` (float32 HU): the whole scan
+    need not be filtered, and every sampled voxel sees the same blur as in the whole scan (the crop reaches as
+    far as the kernel does, and stops only where the scan itself ends)."""
+    crop = crop_for_views(volume, center_lps, config, BLUR_TRUNCATE * config.smooth_mm)
+    array = gaussian_blur(np.asarray(crop.array, dtype=np.float32), crop.spacing[::-1], config.smooth_mm)
+    return Volume(array, crop.origin, crop.spacing, crop.direction, crop.source)
+
+
 def sample_planes(volume: Volume, center_lps, config: ViewConfig = ViewConfig()) -> np.ndarray:
     """The nine views of the nodule at `center_lps` (world mm, LPS): float32 (9, size, size) in [0, 1].
 
-    One trilinear interpolation per pixel from the source voxels; outside the scan is air, or `OUTSIDE` with
-    `config.mark_outside` (outside as `Volume.contains` has it: more than half a voxel beyond the first or last
-    voxel centre on some axis).
+    One trilinear interpolation per pixel from the source voxels (blurred first by `config.smooth_mm`, where
+    set); outside the scan is air, or `OUTSIDE` with `config.mark_outside` (outside as `Volume.contains` has it:
+    more than half a voxel beyond the first or last voxel centre on some axis).
     """
     center = np.asarray(center_lps, dtype=np.float64).reshape(3)
+    if config.smooth_mm > 0:
+        volume = smoothed_around(volume, center, config)
     world = _offsets(config) + center
     ijk = volume.world_to_index(world.reshape(-1, 3))
     coords = ijk[:, ::-1].T  # (k, j, i) rows to index the (z, y, x) array

@@ -24,7 +24,7 @@ from noduleclip.errors import InputError
 from noduleclip.model import DEFAULT_BACKBONE, TUNING_MODES, LoraSettings
 from noduleclip.model.backbones import config_from_dict
 from noduleclip.model.checkpoint import check_safetensors_weights
-from noduleclip.preprocess.views import ViewConfig
+from noduleclip.preprocess.views import MAX_SMOOTH_MM, ViewConfig
 from noduleclip.run_folder import RUN_FORMAT, RUN_FORMAT_VERSION
 from noduleclip.semantics.schema import head_features
 
@@ -142,6 +142,8 @@ class TrainConfig:
              f"views of {self.views.size} samples at {self.views.spacing_mm} mm: both must be positive"),
             (self.views.hu_max > self.views.hu_min,
              f"the views' HU window [{self.views.hu_min}, {self.views.hu_max}] is empty: hu_max must be above hu_min"),
+            (0 <= self.views.smooth_mm <= MAX_SMOOTH_MM,
+             f"the views' blur of {self.views.smooth_mm} mm is not between 0 and {MAX_SMOOTH_MM:g} mm"),
             (self.seed >= 0, f"seed {self.seed} must not be negative"),
             (self.folds >= 2, f"folds={self.folds}: cross-validation needs at least 2 folds"),
             (0 <= self.test_fraction < 1, f"test fraction {self.test_fraction} is not in [0, 1)"),

@@ -484,9 +484,10 @@ def render_model_card(card: dict) -> str:
         if name in settings:
             out.append(f"| `{name}` | {_setting(settings[name])} |")
     views = settings.get("views") or {}
+    extras = ([", beyond the scan marked"] if views.get("mark_outside") else []) + (
+        [f", the scan blurred by {views['smooth_mm']:g} mm first"] if views.get("smooth_mm") else [])
     out += [f"| `views` | {views.get('size')} x {views.get('size')} samples at {views.get('spacing_mm')} mm, HU "
-            f"[{views.get('hu_min')}, {views.get('hu_max')}]"
-            f"{', beyond the scan marked' if views.get('mark_outside') else ''} |", "",
+            f"[{views.get('hu_min')}, {views.get('hu_max')}]{''.join(extras)} |", "",
             "Every setting is in config.json; `noduleclip train MANIFEST --out NEW --config RUN/config.json` trains "
             "the same run again.", ""]
     out += ["## Results", "", f"AUROC and AUPRC with {int((cv.get('ci_level') or 0.95) * 100)}% bootstrap intervals "

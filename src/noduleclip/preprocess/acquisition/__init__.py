@@ -35,7 +35,6 @@ from noduleclip.preprocess.acquisition.spec import (
 )
 from noduleclip.preprocess.acquisition.transforms import (
     add_noise,
-    crop_for_views,
     perturb_volume,
     sharpen,
     slab_weights,
@@ -45,6 +44,6 @@ from noduleclip.preprocess.acquisition.transforms import (
 
 __all__ = [
     "ACQUISITION_RANGES", "KINDS", "TRUNCATE", "UNSHARP_SIGMA_MM", "Perturbation", "Step", "parse_perturbations",
-    "parse_step", "random_acquisition", "add_noise", "crop_for_views", "perturb_volume", "sharpen", "slab_weights",
+    "parse_step", "random_acquisition", "add_noise", "perturb_volume", "sharpen", "slab_weights",
     "smooth", "thicken", "acquisition_plan", "acquisition_views", "perturbed_views", "rendered_views",
 ]

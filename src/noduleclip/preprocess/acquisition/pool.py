@@ -16,10 +16,10 @@ import numpy as np
 
 from noduleclip.errors import InputError, NoduleClipError
 from noduleclip.io import check_looks_like_ct, read_volume
-from noduleclip.preprocess.acquisition.spec import Perturbation, random_acquisition
-from noduleclip.preprocess.acquisition.transforms import crop_for_views, perturb_volume
+from noduleclip.preprocess.acquisition.spec import TRUNCATE, Perturbation, random_acquisition
+from noduleclip.preprocess.acquisition.transforms import perturb_volume
 from noduleclip.preprocess.pipeline import nodule_center
-from noduleclip.preprocess.views import ViewConfig, sample_planes
+from noduleclip.preprocess.views import ViewConfig, crop_for_views, sample_planes
 from noduleclip.progress import progress_bar
 
 Plan = list[tuple[Perturbation, str]]
@@ -39,7 +39,8 @@ def _render_image(records: list, plans: list[Plan], config: ViewConfig, seed: in
             center = nodule_center(volume, record)
             out = []
             for perturbation, key in plan:
-                reach = sum(step.reach_mm() for step in perturbation.steps)
+                # the steps' reach, plus the views' own blur's (ViewConfig.smooth_mm) on top of it
+                reach = sum(step.reach_mm() for step in perturbation.steps) + TRUNCATE * config.smooth_mm
                 crop = crop_for_views(volume, center, config, reach)
                 views = sample_planes(perturb_volume(crop, perturbation, seed, key), center, config)
                 out.append(views.astype(np.float16))  # the view cache's precision

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from noduleclip.errors import InputError
+from noduleclip.preprocess.views import BLUR_TRUNCATE
 
 KINDS = {"noise": "Gaussian noise, HU", "thick": "slice thickness, mm", "smooth": "Gaussian blur, mm",
          "sharp": "unsharp-mask amount"}
 UNSHARP_SIGMA_MM = 1.0
-TRUNCATE = 4.0  # Gaussian kernels reach TRUNCATE sigma (scipy's default)
+TRUNCATE = BLUR_TRUNCATE  # Gaussian kernels reach TRUNCATE sigma, as the views' own blur
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Pure functions on a CT volume (float32 HU array and its grid), in physical units whatever the spacing.
 
 `add_noise`, `thicken`, `smooth` and `sharpen` change an array; `perturb_volume` applies a Perturbation's
-steps in order to a Volume (noise seeded by (seed, key)); `crop_for_views` cuts out the part of a scan
-that a nodule's nine views sample, plus a margin for the filters' reach.
+steps in order to a Volume (noise seeded by (seed, key)). The part of a scan that a nodule's views sample,
+plus a margin for the filters' reach, is `preprocess.views.crop_for_views`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from noduleclip.io import Volume
 from noduleclip.preprocess.acquisition.spec import TRUNCATE, UNSHARP_SIGMA_MM, Perturbation
-from noduleclip.preprocess.views import ViewConfig, plane_offsets
+from noduleclip.preprocess.views import gaussian_blur
 
 
 def _spacing_zyx(volume: Volume) -> np.ndarray:
@@ -59,9 +59,8 @@ def thicken(array: np.ndarray, spacing_zyx, thickness_mm: float) -> np.ndarray:
 
 
 def smooth(array: np.ndarray, spacing_zyx, sigma_mm: float) -> np.ndarray:
-    """Gaussian blur of `sigma_mm` millimetres on every axis."""
-    return ndimage.gaussian_filter(array, sigma_mm / np.asarray(spacing_zyx, dtype=float), truncate=TRUNCATE,
-                                   mode="nearest")
+    """Gaussian blur of `sigma_mm` millimetres on every axis (the views' own blur, `gaussian_blur`)."""
+    return gaussian_blur(array, spacing_zyx, sigma_mm)
 
 
 def sharpen(array: np.ndarray, spacing_zyx, amount: float) -> np.ndarray:
@@ -84,16 +83,3 @@ def perturb_volume(volume: Volume, perturbation: Perturbation, seed: int = 0, ke
         else:
             array = sharpen(array, spacing, step.strength)
     return Volume(array, volume.origin, volume.spacing, volume.direction, volume.source, dict(volume.metadata))
-
-
-def crop_for_views(volume: Volume, center_lps, config: ViewConfig, margin_mm: float) -> Volume:
-    """The part of `volume` that the views at `center_lps` sample, widened by `margin_mm` (clipped to the scan)."""
-    ijk = volume.world_to_index((plane_offsets(config) + np.asarray(center_lps, dtype=float)).reshape(-1, 3))
-    margin = np.ceil(margin_mm / volume.spacing).astype(int) + 2
-    shape = np.asarray(volume.shape_ijk)
-    lo = np.clip(np.floor(ijk.min(axis=0)).astype(int) - margin, 0, shape - 1)
-    hi = np.clip(np.ceil(ijk.max(axis=0)).astype(int) + margin, 0, shape - 1)
-    if np.any(hi < lo):  # the views lie wholly outside the scan: keep one voxel, the rest is air
-        lo = hi = np.clip(np.round(volume.world_to_index(center_lps)).astype(int), 0, shape - 1)
-    array = volume.array[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
-    return Volume(array, volume.index_to_world(lo), volume.spacing, volume.direction, volume.source)
