@@ -43,18 +43,20 @@ from noduleclip.evaluate.stats import delong_test, wilcoxon
 from noduleclip.importers import import_crops, read_lidc_ratings
 from noduleclip.preprocess.views import ViewConfig
 from noduleclip.semantics.prompts import ENSEMBLE, PAPER
-from noduleclip.train.config import TrainConfig
+from noduleclip.train.config import TrainConfig, recipe
 from noduleclip.train.results import brief_scores
 from noduleclip.train.resume import RunLog
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-# The recipe that the lever table chose by cross-validation (see LEVERS): plain shuffling, lr 3e-4, up to 20
-# epochs with patience 5, a size head and a 16 mm field of view; its lora and vision-only runs put LoRA in the
-# image tower's top block.
-RECIPE = dict(sampler="none", lr=3e-4, patience=5, field_of_view=16, size_weight=1.0, batch_size=8)
-FULL = dict(backbone="dinov2-s+minilm", folds=5, epochs=20, image_size=112, lora_image_blocks=1, bootstrap=1000,
-            **RECIPE)
+# The recipe that the lever table chose by cross-validation (see LEVERS), as noduleclip ships it for real CT
+# (`train --config real-ct`): plain shuffling, lr 3e-4, up to 20 epochs with patience 5, a size head and a 16 mm
+# field of view; its lora and vision-only runs put LoRA in the image tower's top block.
+REAL_CT = recipe("real-ct")
+RECIPE = {name: getattr(REAL_CT, name) for name in ("sampler", "lr", "patience", "field_of_view", "size_weight",
+                                                     "batch_size")}
+FULL = dict(backbone=REAL_CT.backbone, folds=5, epochs=REAL_CT.epochs, image_size=112,
+            lora_image_blocks=REAL_CT.lora_image_blocks, bootstrap=1000, **RECIPE)
 QUICK = dict(backbone="tiny", folds=2, epochs=1, image_size=28, lora_image_blocks=1, bootstrap=50, **RECIPE)
 QUICK_PATIENTS, QUICK_XML_FILES = 10, 150  # per class; XML files read in --quick
 PERTURBATIONS = "noise=30,smooth=1.5,sharp=1,thick=3"  # a noisier scan, a smoother and a sharper kernel, thicker slices
@@ -531,8 +533,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "between two versions of each nodule (train's option; needs augmentation; default 0: none)")
     parser.add_argument("--mark-outside", action="store_true", help="cut views that mark their pixels beyond the "
                         "crop's edge (the model sees them in blue) instead of filling them with air")
-    parser.add_argument("--smooth-mm", type=float, default=0.0, help="blur each scan by a Gaussian of this many mm "
-                        "before its views are cut, in training and scoring alike (default 0: none)")
+    parser.add_argument("--smooth-mm", type=float, default=REAL_CT.views.smooth_mm, help="blur each scan by a "
+                        "Gaussian of this many mm before its views are cut, in training and scoring alike (default "
+                        "%(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny random towers, 20 patients, 2 folds, 1 epoch")
     args = parser.parse_args(argv)

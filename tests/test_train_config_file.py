@@ -12,7 +12,7 @@ from noduleclip.cli import build_parser
 from noduleclip.cli import main as cli_main
 from noduleclip.commands.train import train_config
 from noduleclip.errors import InputError
-from noduleclip.train.config import TrainConfig
+from noduleclip.train.config import TrainConfig, recipe
 
 
 def resolved(*argv: str) -> TrainConfig:
@@ -127,3 +127,24 @@ def test_the_view_window_from_a_file_is_checked(tmp_path):
     path.write_text("views:\n  hu_min: 500\n  hu_max: -1000\n")
     with pytest.raises(InputError, match="HU window"):
         resolved("--config", str(path))
+
+
+def test_the_real_ct_recipe_ships_with_noduleclip_and_options_override_it(tmp_path, monkeypatch, capsys):
+    """`--config real-ct` is the settings that cross-validation on LIDC chose; a file of that name in the working
+    folder still wins, since a path is what the user gave."""
+    monkeypatch.chdir(tmp_path)
+    config = resolved("--config", "real-ct")
+    assert config == recipe("real-ct")
+    assert (config.field_of_view, config.size_weight, config.sampler, config.lr, config.batch_size,
+            config.lora_image_blocks, config.epochs, config.patience) == (16, 1.0, "none", 3e-4, 8, 1, 20, 5)
+    assert config.tuning == "lora" and config.backbone == "dinov2-s+minilm"
+    defaults = TrainConfig()
+    assert config.folds == defaults.folds and config.test_fraction == defaults.test_fraction  # not named: defaults
+    assert resolved("--config", "real-ct", "--epochs", "40", "--field-of-view", "24") == TrainConfig(
+        **{**config.__dict__, "epochs": 40, "field_of_view": 24})
+    (tmp_path / "real-ct").write_text("epochs: 3\n")
+    assert resolved("--config", "real-ct").epochs == 3
+    assert cli_main(["train", "--config", "real-cts", "--print-config"]) == 2
+    assert "a recipe (real-ct)" in capsys.readouterr().err
+    with pytest.raises(InputError, match="no recipe 'nosuch'; the recipes are real-ct"):
+        recipe("nosuch")

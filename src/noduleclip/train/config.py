@@ -237,6 +237,19 @@ _SettingsLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+RECIPES = {path.stem: path for path in sorted((Path(__file__).parent / "recipes").glob("*.yaml"))}
+"""Settings files that ship with noduleclip, by name (`train --config real-ct`): `real-ct` holds what cross-validation
+on real CT chose."""
+
+
+def recipe(name: str) -> TrainConfig:
+    """The TrainConfig of a recipe that ships with noduleclip (`RECIPES`), validated."""
+    if name not in RECIPES:
+        raise InputError(f"there is no recipe {name!r}; the recipes are {', '.join(RECIPES)}")
+    config, where = read_settings_file(RECIPES[name])
+    return with_overrides(config, where)
+
+
 def read_settings_file(path: str | os.PathLike) -> tuple[TrainConfig, str]:
     """The training settings of a YAML or JSON file, and how messages name it; not yet validated (`with_overrides`
     does that, once the command line's settings are on top).
@@ -248,9 +261,12 @@ def read_settings_file(path: str | os.PathLike) -> tuple[TrainConfig, str]:
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
+    name = str(path)
+    if not path.is_file() and name in RECIPES:
+        path = RECIPES[name]
     if not path.is_file():
         raise InputError(f"config file {path} does not exist; give a YAML or JSON file of training settings, a run's "
-                         "config.json or a run folder")
+                         f"config.json, a run folder or a recipe ({', '.join(RECIPES)})")
     try:
         text = path.read_text()
     except UnicodeDecodeError:
@@ -270,7 +286,7 @@ def read_settings_file(path: str | os.PathLike) -> tuple[TrainConfig, str]:
     if not isinstance(data, dict):
         raise InputError(f"config file {path} holds a {type(data).__name__}, not a mapping of training settings "
                          "(name: value); fix the file")
-    where = f"config file {path}"
+    where = f"recipe {name} ({path})" if path == RECIPES.get(name) else f"config file {path}"
     if "format" in data:  # a run's config.json: its training settings, if the format is one this version reads
         if data.get("format") != RUN_FORMAT or data.get("format_version") != RUN_FORMAT_VERSION:
             raise InputError(f"config file {path} is a {data.get('format')!r} document of format version "
