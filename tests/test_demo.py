@@ -16,8 +16,10 @@ from noduleclip.demo import DemoConfig, run_demo
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     config = DemoConfig(train_patients=12, external_patients=4, backbone="tiny", random_init=True, folds=2,
-                        epochs=1, batch_size=4, workers=1, image_size=28, lora_image_blocks=1)
+                        epochs=1, batch_size=4, workers=1, image_size=28, lora_image_blocks=1, augment_variants=3)
     summary = run_demo(tmp_path, config)
+    trained = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (trained["augment_variants"], trained["image_augmentation"], trained["lora_image_blocks"]) == (3, True, 1)
     table = capsys.readouterr().out
     assert "internal test, nodules" in table and "external contrast, patients" in table
     for name in ("demo.json", "roc.png", "run/metrics.json", "run/splits.csv", "external/predictions.csv"):

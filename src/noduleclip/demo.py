@@ -43,7 +43,9 @@ class DemoConfig:
     lora_rank: int = _size(8, "LoRA rank (the paper's is 2; with LoRA in the top block only, a larger rank "
                            "gives the image tower room to adapt)")
     lora_alpha: float = _size(8.0, "LoRA alpha (alpha / rank = 1, the paper's scale)")
-    image_augmentation: bool = _size(True, "train on randomly turned and mirrored views (4 fixed versions per nodule)")
+    image_augmentation: bool = _size(True, "train on randomly turned and mirrored views (fixed versions per nodule)")
+    augment_variants: int = _size(4, "versions of each nodule with image augmentation, the first as it is (each "
+                                  "costs one pass of the frozen image blocks)")
     lr: float = _size(1e-3, "AdamW learning rate (a few-epoch CPU schedule needs a larger step than the paper's 1e-4)")
     seed: int = _size(0, "seed of the cohorts, splits and training")
     mixed_precision: str = _size("auto", "autocast precision: no, bf16, or auto (bf16 where the CPU or GPU computes it "
@@ -104,6 +106,7 @@ def run_demo(out: str | os.PathLike, config: DemoConfig | None = None) -> dict:
                         batch_size=config.batch_size, image_size=config.image_size, lr=config.lr, seed=config.seed,
                         lora_image_blocks=config.lora_image_blocks, lora_rank=config.lora_rank,
                         lora_alpha=config.lora_alpha, image_augmentation=config.image_augmentation,
+                        augment_variants=config.augment_variants,
                         mixed_precision=precision,
                         workers=config.workers, random_init=config.random_init)
     result = train_run(internal, out / "run", train)
