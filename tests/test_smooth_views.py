@@ -135,3 +135,19 @@ def test_predict_cuts_views_as_the_run_was_trained(tiny_run, tmp_path):
     card = (write_model_card(run), (run / CARD_FILE).read_text())[1]
     assert "the scan blurred by 1.5 mm first" in card
     assert "blurred" not in (tiny_run.run / CARD_FILE).read_text()
+
+
+def test_the_views_command_draws_blurred_views_and_refuses_a_blur_too_wide(tmp_path, capsys):
+    from noduleclip.cli import main
+
+    scan = Volume(np.full((30, 60, 60), -800.0, np.float32), origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 1.5))
+    add_sphere(scan, tuple(scan.index_to_world([30, 30, 15])), 3.0, hu=40.0)
+    image = write_volume(scan, tmp_path / "scan.nii.gz")
+    coord = ",".join(f"{c:g}" for c in scan.index_to_world([30, 30, 15]))
+    assert main(["views", str(image), "--coord", coord, "--smooth-mm", "1.5", "--out", str(tmp_path / "v.png")]) == 0
+    assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["views", str(image), "--coord", coord, "--smooth-mm", "9", "--out", str(tmp_path / "w.png")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith("--smooth-mm 9 is not a blur of 0 to 5 mm") and "\n" not in error
+    assert not (tmp_path / "w.png").exists()

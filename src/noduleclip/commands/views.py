@@ -73,7 +73,8 @@ def run(args) -> int:
         center = volume.center_world()
     check_inside(volume, center, "--coord")
     views = sample_planes(volume, center, config)
-    title = f"{args.image}\ncentre {tuple(round(float(c), 1) for c in center)} mm (LPS)"
+    title = f"{args.image}\ncentre {tuple(round(float(c), 1) for c in center)} mm (LPS)" + (
+        f", blurred by {config.smooth_mm:g} mm" if config.smooth_mm else "")
     out = plot_views(views, out, title=title)
     print(f"wrote {out}")
     return 0
