@@ -498,6 +498,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-size", type=int, help=f"encoder input in pixels (default {FULL['image_size']})")
     parser.add_argument("--lora-image-blocks", type=int, help=f"LoRA in the image tower's last N blocks (default "
                         f"{FULL['lora_image_blocks']})")
+    parser.add_argument("--lora-rank", type=int, help=f"LoRA rank (train's option; default {REAL_CT.lora_rank})")
+    parser.add_argument("--lora-alpha", type=float, help=f"LoRA alpha (train's option; default {REAL_CT.lora_alpha:g})")
     parser.add_argument("--backbone", help=f"backbone (default {FULL['backbone']})")
     parser.add_argument("--batch-size", type=int, help=f"nodules per step (default {FULL['batch_size']})")
     parser.add_argument("--lr", type=float, help=f"learning rate (default {FULL['lr']:g})")
@@ -551,6 +553,9 @@ def main(argv: list[str] | None = None) -> dict:
         settings["semantic_weight"] = args.semantic_weight
     if args.consistency_weight:
         settings["consistency_weight"] = args.consistency_weight
+    for name in ("lora_rank", "lora_alpha"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
     out = args.out or ROOT / "benchmarks" / "out" / ("lidc-quick" if args.quick else "lidc")
     models = parse_models(args.models)
     config = TrainConfig(**settings, threads=args.threads, cache=str((out / "ablation" / "cache").resolve()),
