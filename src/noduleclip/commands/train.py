@@ -33,7 +33,8 @@ def register(sub) -> None:
     p.add_argument("--out", help="run folder (created, or resumed when it holds a run); required unless --print-config")
     p.add_argument("--config", metavar="FILE",
                    help="training settings from a YAML or JSON file (the keys of --print-config's output, any left out "
-                   "for its default), a run's config.json or a run folder; options given here override the file")
+                   "for its default), a run's config.json, a run folder, or the name of a recipe that ships with "
+                   "noduleclip (real-ct: the settings chosen on real CT); options given here override the file")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved training settings as YAML (a file for --config) and exit without training")
     # every option notes when the command line gives it, so that it overrides the --config file (and a default
