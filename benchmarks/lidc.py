@@ -41,7 +41,6 @@ from noduleclip.data.manifest import NoduleManifest
 from noduleclip.errors import InputError
 from noduleclip.evaluate.stats import delong_test, wilcoxon
 from noduleclip.importers import import_crops, read_lidc_ratings
-from noduleclip.preprocess.views import ViewConfig
 from noduleclip.semantics.prompts import ENSEMBLE, PAPER
 from noduleclip.train.config import TrainConfig, recipe
 from noduleclip.train.results import brief_scores
@@ -559,7 +558,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or ROOT / "benchmarks" / "out" / ("lidc-quick" if args.quick else "lidc")
     models = parse_models(args.models)
     config = TrainConfig(**settings, threads=args.threads, cache=str((out / "ablation" / "cache").resolve()),
-                         views=ViewConfig(mark_outside=args.mark_outside, smooth_mm=args.smooth_mm)).validate()
+                         views=replace(REAL_CT.views, mark_outside=args.mark_outside,
+                                        smooth_mm=args.smooth_mm)).validate()
     seconds, started = {}, time.perf_counter()
     print("settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + f", models {','.join(models)}"
           + (", views marking the crop's edge" if args.mark_outside else "")
