@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/inference.py            # clip-vit-b-32 (random weights) and dinov2-s+minilm
     .venv/bin/python benchmarks/inference.py --quick    # the tiny backbone only (a smoke run)
+    .venv/bin/python benchmarks/inference.py --chunks   # the frozen-block pass whole against in chunks
 
 The floor is the counted FLOPs (torch.utils.flop_counter; towers, MIL and heads) divided by the best rate of a
 2048^3 float32 matmul measured in the same process just before and after the timing. Times are the best of a
@@ -19,6 +20,8 @@ import sys
 import time
 
 import torch
+
+from noduleclip.model.towers import CPU_INFERENCE_CHUNK
 
 TEXT = "This nodule has a poorly defined margin, marked lobulation and no calcification; it is solid."
 
@@ -96,6 +99,48 @@ def run_training(backbone: str, tuning: str, nodules: int, repeats: int) -> dict
             "rss_after_build_mib": rss_model, "peak_rss_mib": peak_rss_mib()}
 
 
+def run_chunks(nodules: int, repeats: int) -> dict:
+    """The frozen image blocks' pass of training (LoRA in the top block: 11 of DINOv2's 12 blocks run once per
+    nodule) over `nodules` x 9 views in one call of the blocks, against `CPU_INFERENCE_CHUNK` images per call;
+    in float32 and, where the CPU computes it natively, bf16 autocast. The two alternate, best of `repeats`."""
+    import contextlib
+
+    from noduleclip.model import create_model, towers
+    from noduleclip.model.model import LoraSettings
+    from noduleclip.train.config import native_bf16
+
+    model = create_model("dinov2-s+minilm", tuning="lora", lora=LoraSettings(image_blocks=1))
+    views = torch.rand(nodules, 9, 50, 50)
+    chunk = towers.CPU_INFERENCE_CHUNK
+    results = {"nodules": nodules, "images": nodules * 9, "chunk": chunk, "blocks": model.frozen_image_blocks}
+    for precision in ("float32", "bf16") if native_bf16() else ("float32",):
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        times: dict[str, list[float]] = {"whole": [], "chunked": []}
+        with autocast:
+            model.image_prefix(views[:2], batch_size=nodules)  # warm-up
+            for _ in range(repeats):
+                for name, size in (("whole", 10**9), ("chunked", chunk)):
+                    towers.CPU_INFERENCE_CHUNK = size
+                    times[name].append(_timed(lambda: model.image_prefix(views, batch_size=nodules)))
+        towers.CPU_INFERENCE_CHUNK = chunk
+        results[precision] = {name: min(seconds) for name, seconds in times.items()}
+    return results
+
+
+def chunks_main() -> None:
+    r = in_own_process({"kind": "chunks", "nodules": 32, "repeats": 3})
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
+    print(f"The frozen image blocks' pass ({r['blocks']} DINOv2 blocks, 112 px) over {r['nodules']} nodules "
+          f"({r['images']} images), best of 3:")
+    chunked_column = f"chunks of {r['chunk']} s"
+    print(f"{'precision':<11}{'one call s':>12}{chunked_column:>16}{'images/s':>10}{'speed-up':>10}")
+    for precision in ("float32", "bf16"):
+        if precision in r:
+            whole, chunked = r[precision]["whole"], r[precision]["chunked"]
+            rate = r["images"] / chunked
+            print(f"{precision:<11}{whole:>12.2f}{chunked:>16.2f}{rate:>10.1f}{whole / chunked:>9.2f}x")
+
+
 def in_own_process(job: dict) -> dict:
     done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -109,7 +154,8 @@ def main(quick: bool) -> None:
     backbones = ["tiny"] if quick else ["clip-vit-b-32", "dinov2-s+minilm"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 2048^3 float32 matmul: {rate:.1f} GFLOP/s; "
           f"load average at start {os.getloadavg()[0]:.2f} (other processes on the machine slow every figure)")
-    print("\nInference (image only, nine views per nodule, inference_mode, all views in one tower call)")
+    print("\nInference (image only, nine views per nodule, inference_mode, the views in calls of at most "
+          f"{CPU_INFERENCE_CHUNK} images)")
     print(f"{'backbone':<18}{'px':>5}{'batch':>7}{'s/nodule':>10}{'GFLOP/nod':>11}{'GFLOP/s':>9}{'floor s':>9}"
           f"{'x floor':>9}{'peak RSS MiB':>14}")
     for backbone in backbones:
@@ -139,7 +185,9 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         job = json.loads(sys.argv[2])
         kind = job.pop("kind")
-        result = run_inference(**job) if kind == "inference" else run_training(**job)
-        print(json.dumps(result))
+        runs = {"inference": run_inference, "training": run_training, "chunks": run_chunks}
+        print(json.dumps(runs[kind](**job)))
+    elif "--chunks" in sys.argv[1:]:
+        chunks_main()
     else:
         main(quick="--quick" in sys.argv[1:])

@@ -304,3 +304,32 @@ def test_the_class_token_last_block_equals_the_transformers_forward_and_its_grad
     for a, b in zip(grads_ours, grads_reference, strict=True):  # unused (mask token): None in both
         assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5)
     assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads_ours) >= len(trained) // 2
+
+
+def test_cpu_inference_runs_the_image_blocks_in_chunks_with_the_same_result(views, monkeypatch):
+    from noduleclip.model import towers
+
+    model = create_model("tiny").eval()
+    pixels = model.view_transform(views)  # 36 images
+    calls = []
+    original = towers.VisionTower._hidden_states
+
+    def counted(self, part, blocks):
+        calls.append(part.shape[0])
+        return original(self, part, blocks)
+
+    monkeypatch.setattr(towers.VisionTower, "_hidden_states", counted)
+    with torch.inference_mode():
+        whole = model.vision(pixels)
+        hidden = model.vision.hidden_states(pixels, 1)
+        monkeypatch.setattr(towers, "CPU_INFERENCE_CHUNK", 10)
+        calls.clear()
+        chunked = model.vision(pixels)
+        assert calls == [10, 10, 10, 6]
+        assert torch.allclose(chunked, whole, atol=1e-6)
+        assert torch.allclose(model.vision.finish(model.vision.hidden_states(pixels, 1), 1), whole, atol=1e-6)
+        assert torch.allclose(model.vision.hidden_states(pixels, 1), hidden, atol=1e-6)
+    calls.clear()
+    with torch.enable_grad():  # training keeps its batch in one call
+        model.vision(pixels)
+    assert calls == [36]

