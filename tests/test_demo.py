@@ -81,3 +81,11 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it():
     assert native_bf16("flags\t\t: fpu avx512f amx_bf16 amx_tile\n")
     assert not native_bf16("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
     assert not native_bf16("processor\t: 0\n")  # no flags line (another OS's format): stay in float32
+
+
+def test_demo_options_without_a_default_take_whole_numbers():
+    from noduleclip.cli import build_parser
+
+    args = build_parser("demo").parse_args(["demo", "--lora-text-blocks", "2", "--lora-image-blocks", "1"])
+    assert args.lora_text_blocks == 2 and args.lora_image_blocks == 1
+    assert build_parser("demo").parse_args(["demo"]).lora_text_blocks is None

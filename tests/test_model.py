@@ -285,8 +285,28 @@ def test_frozen_image_blocks_computed_once_give_the_same_embeddings(views, tunin
 def test_lora_image_blocks_must_fit_the_tower():
     from noduleclip.model.model import LoraSettings
 
-    with pytest.raises(InputError, match="between 1 and"):
+    with pytest.raises(InputError, match="image blocks 3 must be between 1 and the image tower's 2"):
         create_model("tiny", "lora", lora=LoraSettings(image_blocks=3))
+    with pytest.raises(InputError, match="text blocks 0 must be between 1 and the text tower's 2"):
+        create_model("tiny", "lora", lora=LoraSettings(text_blocks=0))
+
+
+def test_lora_text_blocks_adapt_the_top_of_the_text_tower_and_the_gradient_stops_there(views):
+    from noduleclip.model.model import LoraSettings
+
+    model = create_model("tiny", "lora", lora=LoraSettings(text_blocks=1))
+    adapted = {name.split(".layer.")[1].split(".")[0] for name, _ in model.text.named_parameters() if "lora_A" in name}
+    assert adapted == {"1"}  # the tiny text tower has blocks 0 and 1
+    everywhere = create_model("tiny", "lora")
+    assert model.trainable_fraction() < everywhere.trainable_fraction()
+    seen = []
+    block = model.text.model.encoder.layer[0]
+    block.register_full_backward_hook(lambda *args: seen.append(0))
+    model.train()
+    loss = NoduleClipLoss()(model(views, TEXTS), torch.tensor([1, 0, 1, 0]))
+    loss.total.backward()
+    assert seen == []  # nothing below the adapted block needs a gradient: the backward pass never reaches block 0
+    assert all(p.grad is not None for name, p in model.text.named_parameters() if "lora_B" in name)
 
 
 @pytest.mark.parametrize("tuning", ["lora", "finetune"])

@@ -120,16 +120,17 @@ def test_training_options_pass_the_levers_to_the_model_and_refuse_bad_values():
     settings = TrainConfig(field_of_view=32, size_weight=0.5).validate().model_settings()
     assert settings["field_of_view"] == 32 and settings["size_head"] is True
     assert TrainConfig().model_settings()["size_head"] is False
-    for bad in (dict(field_of_view=4), dict(field_of_view=80), dict(size_weight=-1.0)):
+    assert TrainConfig(lora_text_blocks=2).validate().model_settings()["lora"].text_blocks == 2
+    for bad in (dict(field_of_view=4), dict(field_of_view=80), dict(size_weight=-1.0), dict(lora_text_blocks=0)):
         with pytest.raises(InputError, match="fix the training option"):
             TrainConfig(**bad).validate()
 
 
 def test_a_model_config_saved_before_the_levers_existed_still_loads():
     old = ModelConfig().to_dict()
-    del old["field_of_view"], old["size_head"]
+    del old["field_of_view"], old["size_head"], old["lora"]["text_blocks"]
     config = ModelConfig.from_dict(old)
-    assert config.field_of_view is None and config.size_head is False
+    assert config.field_of_view is None and config.size_head is False and config.lora.text_blocks is None
 
 
 def test_two_probes_differ_only_in_what_changes_their_result():
@@ -138,6 +139,9 @@ def test_two_probes_differ_only_in_what_changes_their_result():
     assert probe.differences(TrainConfig(tuning="probe", field_of_view=24)) == ["field_of_view: None -> 24"]
     lora = TrainConfig(tuning="lora", lora_image_blocks=2)
     assert lora.differences(TrainConfig(tuning="lora", lora_image_blocks=1)) == ["lora_image_blocks: 2 -> 1"]
+    assert lora.differences(TrainConfig(tuning="lora", lora_image_blocks=2, lora_text_blocks=2)) == [
+        "lora_text_blocks: None -> 2"]
+    assert probe.differences(TrainConfig(tuning="probe", lora_image_blocks=2, lora_rank=2, lora_text_blocks=1)) == []
 
 
 def test_pictures_mark_the_part_of_each_view_that_a_zoomed_model_reads(tmp_path):

@@ -40,6 +40,7 @@ class DemoConfig:
     batch_size: int = _size(8, "nodules per training step")
     image_size: int = _size(112, "encoder input size in pixels")
     lora_image_blocks: int | None = _size(1, "LoRA in the image tower's top N blocks (the rest are computed once)")
+    lora_text_blocks: int | None = _size(None, "LoRA in the text tower's top N blocks (none: every block)")
     lora_rank: int = _size(8, "LoRA rank (the paper's is 2; with LoRA in the top block only, a larger rank "
                            "gives the image tower room to adapt)")
     lora_alpha: float = _size(8.0, "LoRA alpha (alpha / rank = 1, the paper's scale)")
@@ -104,7 +105,8 @@ def run_demo(out: str | os.PathLike, config: DemoConfig | None = None) -> dict:
           f"at {config.image_size} px" + (", bf16 autocast" if precision == "bf16" else ""))
     train = TrainConfig(backbone=config.backbone, tuning=config.tuning, folds=config.folds, epochs=config.epochs,
                         batch_size=config.batch_size, image_size=config.image_size, lr=config.lr, seed=config.seed,
-                        lora_image_blocks=config.lora_image_blocks, lora_rank=config.lora_rank,
+                        lora_image_blocks=config.lora_image_blocks, lora_text_blocks=config.lora_text_blocks,
+                        lora_rank=config.lora_rank,
                         lora_alpha=config.lora_alpha, image_augmentation=config.image_augmentation,
                         augment_variants=config.augment_variants,
                         mixed_precision=precision,

@@ -22,7 +22,9 @@ def register(sub) -> None:
         if f.name == "random_init":
             continue
         default = getattr(defaults, f.name)
-        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(default, bool) else dict(type=type(default))
+        # a setting whose default is None ("not limited") takes a whole number when given
+        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(default, bool) else dict(
+            type=int if default is None else type(default))
         p.add_argument("--" + f.name.replace("_", "-"), **kind, default=default,
                        help=f.metadata["help"] + " (default %(default)s)")
     p.set_defaults(func=run)

@@ -42,6 +42,7 @@ class LoraSettings:
     dropout: float = 0.25
     target_names: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "query", "key", "value")
     image_blocks: int | None = None  # LoRA in the image tower's last N blocks only (None: all, as the paper)
+    text_blocks: int | None = None  # LoRA in the text tower's last N blocks only (None: all, as the paper)
 
 
 @dataclass
@@ -237,12 +238,14 @@ class NoduleClipModel(nn.Module):
         lora = self.config.lora
         for tower in towers:
             targets = _lora_targets(tower.model, lora.target_names)
-            if tower is self.vision and lora.image_blocks is not None:
-                if not 1 <= lora.image_blocks <= len(tower.blocks):
-                    raise InputError(f"LoRA image blocks {lora.image_blocks} must be between 1 and the image tower's "
-                                     f"{len(tower.blocks)} blocks.")
-                first = len(tower.blocks) - lora.image_blocks
-                targets = [t for t in targets if (block := _block_index(t)) is not None and block >= first]
+            top = lora.image_blocks if tower is self.vision else lora.text_blocks
+            if top is not None:
+                blocks = 1 + max((b for t in targets if (b := _block_index(t)) is not None), default=-1)
+                if not 1 <= top <= blocks:
+                    kind = "image" if tower is self.vision else "text"
+                    raise InputError(f"LoRA {kind} blocks {top} must be between 1 and the {kind} tower's {blocks} "
+                                     "blocks.")
+                targets = [t for t in targets if (block := _block_index(t)) is not None and block >= blocks - top]
             if not targets:
                 raise InputError(f"No attention projection named {lora.target_names} in {self.config.backbone}'s "
                                  "towers.")

@@ -34,7 +34,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # accelerate's experiment trackers that `--log-with` names
 # Settings that change how fast a run goes or where it keeps things, never its numbers.
 RESULT_NEUTRAL = frozenset({"workers", "cache", "threads", "progress", "eval_batch_size", "log_with"})
-LORA_SETTINGS = frozenset({"lora_rank", "lora_alpha", "lora_dropout", "lora_image_blocks"})
+LORA_SETTINGS = frozenset({"lora_rank", "lora_alpha", "lora_dropout", "lora_image_blocks", "lora_text_blocks"})
 
 
 def native_bf16(cpuinfo: str | None = None) -> bool:
@@ -77,6 +77,9 @@ class TrainConfig:
     lora_image_blocks: int | None = _option(
         None, "LoRA in the image tower's last N blocks only, the frozen blocks below computed once per nodule: "
         "a CPU speed-up (default: every block, as the paper)", type=int)
+    lora_text_blocks: int | None = _option(
+        None, "LoRA in the text tower's last N blocks only: the backward pass stops there, a CPU speed-up (default: "
+        "every block, as the paper)", type=int)
     projection_dropout: float = _option(0.1, "dropout in the projection heads")
     field_of_view: int | None = _option(
         None, "zoom: only the central N x N mm of each 50 mm view go to the encoder (default: the whole view)",
@@ -171,6 +174,8 @@ class TrainConfig:
             (self.lora_rank >= 1, f"LoRA rank {self.lora_rank} must be at least 1"),
             (self.lora_image_blocks is None or self.lora_image_blocks >= 1,
              f"LoRA image blocks {self.lora_image_blocks} must be at least 1"),
+            (self.lora_text_blocks is None or self.lora_text_blocks >= 1,
+             f"LoRA text blocks {self.lora_text_blocks} must be at least 1"),
             (0 <= self.lora_dropout < 1 and 0 <= self.projection_dropout < 1, "dropout rates must be in [0, 1)"),
             (self.workers is None or self.workers >= 0, f"workers={self.workers} must not be negative"),
             (self.threads is None or self.threads >= 1, f"threads={self.threads} must be at least 1"),
@@ -194,7 +199,7 @@ class TrainConfig:
             field_of_view=self.field_of_view, size_head=self.size_weight > 0,
             semantic_heads=self.semantic_heads(),
             lora=LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout,
-                              image_blocks=self.lora_image_blocks),
+                              image_blocks=self.lora_image_blocks, text_blocks=self.lora_text_blocks),
         )
 
     def to_dict(self) -> dict:

@@ -478,8 +478,8 @@ def render_model_card(card: dict) -> str:
             f"(Apache-2.0); the card's `license` is `{model['license']}`.", ""]
     out += ["## Training settings", "", "| setting | value |", "|---|---|"]
     for name in ("tuning", "folds", "test_fraction", "epochs", "patience", "batch_size", "lr", "weight_decay",
-                 "schedule", "sampler", "lora_rank", "lora_alpha", "lora_image_blocks", "field_of_view",
-                 "size_weight", "semantic_weight", "consistency_weight", "image_augmentation",
+                 "schedule", "sampler", "lora_rank", "lora_alpha", "lora_image_blocks", "lora_text_blocks",
+                 "field_of_view", "size_weight", "semantic_weight", "consistency_weight", "image_augmentation",
                  "acquisition_augmentation", "augment_variants", "mixed_precision", "seed"):
         if name in settings:
             out.append(f"| `{name}` | {_setting(settings[name])} |")
