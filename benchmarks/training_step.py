@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/training_step.py            # dinov2-s+minilm at 112 px, bf16, LoRA in the top 2
                                                             # and 3 blocks
     .venv/bin/python benchmarks/training_step.py --quick    # the tiny backbone (a smoke run)
+    .venv/bin/python benchmarks/training_step.py --text-blocks  # the demo's step with LoRA in every text block
+                                                            # against the top two and the top one
 
 Two things make a bf16 training step on a CPU slow that have nothing to do with the matrix products:
 torch's dropout draws its mask with `bernoulli_` (one random number per element; LoRA's dropout masks
@@ -35,19 +37,71 @@ def _set_dropout(model: nn.Module, fast: bool) -> None:
                 setattr(parent, name, nn.Dropout(child.p))
 
 
+TEXTS = ("Spiculated well marginated lung nodule measuring 17 x 13 mm with part-solid consistency, airway cut-off, "
+         "converging vessels, attachment to the pleura and an irregular shape.")
+
+
+def text_blocks(backbone: str, size: int, nodules: int, repeats: int) -> None:
+    """The demo's training step (LoRA in the top image block, rank 8) with LoRA in every text block, the top two and
+    the top one: below the adapted blocks the backward pass stops. float32 and, where native, bf16; interleaved."""
+    from noduleclip.model import NoduleClipLoss, create_model
+    from noduleclip.model.model import LoraSettings
+    from noduleclip.train.config import native_bf16
+
+    views = torch.rand(nodules, 9, 50, 50, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1] * (nodules // 2) + [0] * (nodules % 2))
+    loss_fn = NoduleClipLoss()
+    models = {}
+    for name, top in (("every text block (the paper)", None), ("the top two", 2), ("the top one", 1)):
+        torch.manual_seed(0)
+        models[name] = create_model(backbone, "lora", image_size=size, random_init=backbone == "tiny",
+                                    lora=LoraSettings(rank=8, alpha=8.0, image_blocks=1, text_blocks=top)).train()
+    reference_model = next(iter(models.values()))
+    prefix = reference_model.image_prefix(views)
+    tokens = reference_model.tokenize([TEXTS] * nodules)
+    print(f"{backbone} at {size} px, {nodules} nodules x 9 views, LoRA rank 8 in the top image block; torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads")
+    for precision in ("float32", "bf16") if native_bf16() else ("float32",):
+        def step(model, precision=precision) -> None:
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+            kernel = sdpa_kernel(SDPBackend.MATH) if precision == "bf16" else contextlib.nullcontext()
+            with autocast, kernel:
+                output = model(None, text=tokens, prefix=prefix)
+            loss_fn(output, labels).total.backward()
+            model.zero_grad(set_to_none=True)
+
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for model in models.values():
+            step(model)  # warm-up
+        for _ in range(repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                step(model)
+                times[name].append(time.perf_counter() - start)
+        best = {name: min(t) for name, t in times.items()}
+        reference = best["every text block (the paper)"]
+        print(f"\n{precision}: LoRA in")
+        print(f"{'':<30} {'s/step':>7} {'speed-up':>9}")
+        for name, seconds in best.items():
+            print(f"{name:<30} {seconds:>7.3f} {reference / seconds:>8.2f}x")
+
+
 def main(argv: list[str] | None = None) -> None:
     from noduleclip.model import NoduleClipLoss, create_model
     from noduleclip.model.model import LoraSettings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the tiny backbone")
+    parser.add_argument("--text-blocks", action="store_true", help="LoRA in every text block against the top ones")
     parser.add_argument("--nodules", type=int, default=8, help="nodules per training step (default 8: the demo's)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     backbone, size, block_counts = ("tiny", 28, (1,)) if args.quick else ("dinov2-s+minilm", 112, (2, 3))
+    if args.text_blocks:
+        text_blocks(backbone, size, args.nodules, args.repeats)
+        return
     views = torch.rand(args.nodules, 9, 50, 50, generator=torch.Generator().manual_seed(0))
-    texts = ["Spiculated well marginated lung nodule measuring 17 x 13 mm with part-solid consistency, airway "
-             "cut-off, converging vessels, attachment to the pleura and an irregular shape."] * args.nodules
+    texts = [TEXTS] * args.nodules
     labels = torch.tensor([0, 1] * (args.nodules // 2) + [0] * (args.nodules % 2))
     loss_fn = NoduleClipLoss()
     variants = {  # name: (fast dropout, math attention)
