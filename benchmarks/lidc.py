@@ -499,6 +499,8 @@ def main(argv: list[str] | None = None) -> dict:
                         f"{FULL['lora_image_blocks']})")
     parser.add_argument("--lora-rank", type=int, help=f"LoRA rank (train's option; default {REAL_CT.lora_rank})")
     parser.add_argument("--lora-alpha", type=float, help=f"LoRA alpha (train's option; default {REAL_CT.lora_alpha:g})")
+    parser.add_argument("--lora-text-blocks", type=int, help="LoRA in the text tower's last N blocks (train's option; "
+                        "default: every block)")
     parser.add_argument("--backbone", help=f"backbone (default {FULL['backbone']})")
     parser.add_argument("--batch-size", type=int, help=f"nodules per step (default {FULL['batch_size']})")
     parser.add_argument("--lr", type=float, help=f"learning rate (default {FULL['lr']:g})")
@@ -552,7 +554,7 @@ def main(argv: list[str] | None = None) -> dict:
         settings["semantic_weight"] = args.semantic_weight
     if args.consistency_weight:
         settings["consistency_weight"] = args.consistency_weight
-    for name in ("lora_rank", "lora_alpha"):
+    for name in ("lora_rank", "lora_alpha", "lora_text_blocks"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     out = args.out or ROOT / "benchmarks" / "out" / ("lidc-quick" if args.quick else "lidc")
@@ -624,7 +626,8 @@ def main(argv: list[str] | None = None) -> dict:
     seconds["total"] = time.perf_counter() - started
 
     print(f"\n=== LIDC benchmark: {settings['backbone']}, {config.folds} folds, {config.epochs} epochs, "
-          f"{config.image_size} px, LoRA in the last {config.lora_image_blocks} image blocks, "
+          f"{config.image_size} px, LoRA in the last {config.lora_image_blocks} image blocks"
+          + (f" and {config.lora_text_blocks} text blocks" if config.lora_text_blocks else "") + ", "
           f"batch {config.batch_size}, lr {config.lr:g}, sampler {config.sampler}, "
           f"field of view {config.field_of_view or 50} mm, size weight {config.size_weight:g}, "
           + (f"acquisition augmentation ({config.augment_variants - 1} copies), "
