@@ -37,6 +37,27 @@ def _set_dropout(model: nn.Module, fast: bool) -> None:
                 setattr(parent, name, nn.Dropout(child.p))
 
 
+def _interleaved_best(steps: dict, repeats: int) -> dict[str, float]:
+    """Each named step once to warm up, then `repeats` rounds of all of them in turn (so that a busy moment of the
+    machine hits every one); the best seconds of each."""
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
+
+
+def _print_speed_ups(best: dict[str, float], reference: str, title: str, width: int) -> None:
+    print(f"\n{title}")
+    print(f"{'':<{width}} {'s/step':>7} {'speed-up':>9}")
+    for name, seconds in best.items():
+        print(f"{name:<{width}} {seconds:>7.3f} {best[reference] / seconds:>8.2f}x")
+
+
 TEXTS = ("Spiculated well marginated lung nodule measuring 17 x 13 mm with part-solid consistency, airway cut-off, "
          "converging vessels, attachment to the pleura and an irregular shape.")
 
@@ -70,20 +91,8 @@ def text_blocks(backbone: str, size: int, nodules: int, repeats: int) -> None:
             loss_fn(output, labels).total.backward()
             model.zero_grad(set_to_none=True)
 
-        times: dict[str, list[float]] = {name: [] for name in models}
-        for model in models.values():
-            step(model)  # warm-up
-        for _ in range(repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                step(model)
-                times[name].append(time.perf_counter() - start)
-        best = {name: min(t) for name, t in times.items()}
-        reference = best["every text block (the paper)"]
-        print(f"\n{precision}: LoRA in")
-        print(f"{'':<30} {'s/step':>7} {'speed-up':>9}")
-        for name, seconds in best.items():
-            print(f"{name:<30} {seconds:>7.3f} {reference / seconds:>8.2f}x")
+        best = _interleaved_best({name: (lambda model=model: step(model)) for name, model in models.items()}, repeats)
+        _print_speed_ups(best, "every text block (the paper)", f"{precision}: LoRA in", 30)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,20 +138,9 @@ def main(argv: list[str] | None = None) -> None:
             loss_fn(output, labels).total.backward()
             model.zero_grad(set_to_none=True)
 
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        for flags in variants.values():
-            step(*flags)  # warm-up
-        for _ in range(args.repeats):  # interleaved, so that a busy moment of the machine hits every variant
-            for name, flags in variants.items():
-                start = time.perf_counter()
-                step(*flags)
-                times[name].append(time.perf_counter() - start)
-        best = {name: min(t) for name, t in times.items()}
-        reference = best["torch dropout, default attention"]
-        print(f"\nLoRA in the top {blocks} image block(s)")
-        print(f"{'training step':<38} {'s':>7} {'speed-up':>9}")
-        for name, seconds in best.items():
-            print(f"{name:<38} {seconds:>7.3f} {reference / seconds:>8.2f}x")
+        best = _interleaved_best({name: (lambda flags=flags: step(*flags)) for name, flags in variants.items()},
+                                 args.repeats)
+        _print_speed_ups(best, "torch dropout, default attention", f"LoRA in the top {blocks} image block(s)", 38)
 
 
 if __name__ == "__main__":
