@@ -1,6 +1,7 @@
 """Whole-process time of `noduleclip predict` for one nodule of LIDC-IDRI-0001, by stage, beside the FLOP floor.
 
-    .venv/bin/python benchmarks/predict.py                       # dinov2-s+minilm, five folds
+    .venv/bin/python benchmarks/predict.py                       # dinov2-s+minilm, five folds, LoRA in every block
+    .venv/bin/python benchmarks/predict.py --lora-image-blocks 1 --lora-rank 8   # the demo's model
     .venv/bin/python benchmarks/predict.py --backbone tiny       # a smoke run
     .venv/bin/python benchmarks/predict.py --threads 1           # on a busy machine: no thread oversubscription
 
@@ -12,13 +13,16 @@ fold models' stored prompt embeddings (prompt_embeddings.safetensors, as trainin
 builds no text tower). The weights are untrained: the figures are times, not risks.
 
 Then it runs `noduleclip -v predict RUN lidc-idri-0001 --coord <nodule centre> --out DIR` as its own process
-(three times, best kept; once more with --dicom-sr) and reads the stage times the command logs: read (scan
-and nodule location), load (the run's models), views, model (the fold models' image path), zero-shot
-(the stored prompt embeddings against each fold's image embedding), outputs (JSON, CSV, panel, SR); the rest
-of the wall time is starting Python and importing. In this process it times the model stage again (warm,
-best of five) and counts its FLOPs (torch.utils.flop_counter) to give the floor: FLOPs / the best 2048^3
-float32 matmul rate, measured as benchmarks/inference.py does; beside it, what the text tower would cost
-(its FLOPs and warm seconds for the prompts, all folds) had the run no stored prompt embeddings.
+and reads the stage times the command logs: read (scan and nodule location), load (the run's models), views,
+model (the fold models' image path), zero-shot (the stored prompt embeddings against each fold's image
+embedding), outputs (JSON, CSV, panel, SR); the rest of the wall time is starting Python, importing and
+exiting. Four ways, in this order: the first predict of a model of this kind (the cache holds no traced image
+tower: it builds the tower with transformers and peft, then traces it; see noduleclip.model.traced), the later
+ones (best of 3: they load the traced tower), the same with --dicom-sr, and the reference: the tower built with
+transformers each time (NODULECLIP_TRACED_TOWER=0, best of 3). In this process it times the model stage again
+(warm, best of five) and counts its FLOPs (torch.utils.flop_counter) to give the floor: FLOPs / the best
+2048^3 float32 matmul rate, measured as benchmarks/inference.py does; beside it, what the text tower would
+cost (its FLOPs and warm seconds for the prompts, all folds) had the run no stored prompt embeddings.
 """
 
 from __future__ import annotations
@@ -42,12 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "lidc-idri-0001"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference import counted_flops, matmul_gflops  # noqa: E402
+from noduleclip.model.traced import TRACE_ENV, traced_tower_path  # noqa: E402
 
 NODULE_CENTER = (55.5, 85.6, -116.1)  # LIDC-IDRI-0001's nodule, from the first reader's contours (LPS mm)
 STAGES = ("read", "load", "views", "model", "zero_shot", "outputs")
 
 
-def make_run(run: Path, backbone: str, folds: int) -> Path:
+def make_run(run: Path, backbone: str, folds: int, lora_image_blocks: int | None = None, lora_rank: int = 2) -> Path:
     """A run folder of `folds` untrained fold models, laid out as `noduleclip train` writes one."""
     from noduleclip.atomic import write_text
     from noduleclip.ensemble import PROMPT_FILE, RunEnsemble
@@ -58,10 +63,12 @@ def make_run(run: Path, backbone: str, folds: int) -> Path:
     from noduleclip.train.loop import DONE_FILE, build_fold_model
     from noduleclip.version import __version__
 
-    config = TrainConfig(backbone=backbone, folds=folds, random_init=backbone == "clip-vit-b-32")
+    config = TrainConfig(backbone=backbone, folds=folds, random_init=backbone == "clip-vit-b-32",
+                         lora_image_blocks=lora_image_blocks, lora_rank=lora_rank, lora_alpha=float(lora_rank))
     if (run / "config.json").is_file():
         document = json.loads((run / "config.json").read_text())
-        if document["train"]["backbone"] == backbone and document["train"]["folds"] == folds:
+        kind = ("backbone", "folds", "lora_image_blocks", "lora_rank")
+        if all(document["train"].get(k) == getattr(config, k) for k in kind):
             if not (run / PROMPT_FILE).is_file():  # made by an older version of this benchmark
                 RunEnsemble.load(run).write_prompt_embeddings()
             return run
@@ -93,12 +100,14 @@ def make_run(run: Path, backbone: str, folds: int) -> Path:
     return run
 
 
-def cli_run(run: Path, out: Path, dicom_sr: bool, threads: int | None) -> dict:
-    """Wall and CPU time of one `noduleclip -v predict` process and the stage times it logs."""
+def cli_run(run: Path, out: Path, dicom_sr: bool, threads: int | None, traced: bool = True) -> dict:
+    """Wall and CPU time of one `noduleclip -v predict` process and the stage times it logs (`traced`: False builds
+    the image tower with transformers, as without the traced-tower cache)."""
     coord = ",".join(str(c) for c in NODULE_CENTER)
     command = [sys.executable, "-m", "noduleclip", "-v", "predict", str(run), str(DATA), "--coord", coord,
                "--out", str(out)] + (["--dicom-sr"] if dicom_sr else [])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+           TRACE_ENV: "1" if traced else "0"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -125,8 +134,9 @@ def in_process(run: Path, repeats: int = 5) -> dict:
     whole = RunEnsemble.load(run)  # with it, to price the text tower that the stored prompt embeddings save
     views = torch.from_numpy(sample_planes(read_volume(DATA), NODULE_CENTER, model.views)[None])
     network, prompts = model.ensemble.network, model.prompts
-    with torch.inference_mode():
-        image_flops = counted_flops(lambda: network.predict(views))
+    with torch.inference_mode():  # counted on the built (eager) towers, the ensemble's whole image path: where
+        # the bottom image blocks are frozen, it runs them once for all folds
+        image_flops = counted_flops(lambda: whole.score(views))
         text_flops = counted_flops(lambda: whole.network.encode_text(prompts.texts)) if prompts else 0
     rate = matmul_gflops()
     best = {"model": float("inf"), "text_tower": float("inf")}
@@ -141,7 +151,7 @@ def in_process(run: Path, repeats: int = 5) -> dict:
     rate = max(rate, matmul_gflops())
     folds = model.ensemble.folds
     return {"folds": folds, "gflops_rate": rate, "model": best["model"], "text_tower": best["text_tower"],
-            "model_gflop": folds * image_flops / 1e9, "text_tower_gflop": folds * text_flops / 1e9,
+            "model_gflop": image_flops / 1e9, "text_tower_gflop": folds * text_flops / 1e9,
             "prompts": len(prompts) if prompts else 0, "image_size": network.config.image_size}
 
 
@@ -151,6 +161,9 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (OMP_NUM_THREADS) for every timing (default: torch's, one per core)")
+    parser.add_argument("--lora-image-blocks", type=int, default=None,
+                        help="LoRA in the image tower's top N blocks only (the demo's model: 1; default: every block)")
+    parser.add_argument("--lora-rank", type=int, default=2, help="LoRA rank (the demo's: 8; default %(default)s)")
     parser.add_argument("--run-dir", default=None, help="where the benchmark run is made and kept "
                         "(default: a folder in the system's temporary directory)")
     args = parser.parse_args()
@@ -160,27 +173,44 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = Path(args.run_dir or Path(tempfile.gettempdir()) / f"noduleclip-bench-predict-{args.backbone}-{args.folds}")
+    blocks = "all" if args.lora_image_blocks is None else str(args.lora_image_blocks)
+    name = f"noduleclip-bench-predict-{args.backbone}-{args.folds}-lora{blocks}r{args.lora_rank}"
+    run = Path(args.run_dir or Path(tempfile.gettempdir()) / name)
     started = time.perf_counter()
-    make_run(run, args.backbone, args.folds)
+    make_run(run, args.backbone, args.folds, args.lora_image_blocks, args.lora_rank)
     print(f"benchmark run {run} ({args.backbone}, {args.folds} untrained folds) ready in "
           f"{time.perf_counter() - started:.1f} s")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"load average {os.getloadavg()[0]:.2f} (other processes slow every figure)")
+    from noduleclip.model import read_model_config
+
+    traced = traced_tower_path(read_model_config(run / "fold_0" / "best")[0])
+    if traced is not None:
+        traced.unlink(missing_ok=True)  # the first predict of this kind of model traces its tower
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [cli_run(run, Path(tmp) / f"out{i}", False, args.threads) for i in range(3)]
-        plain = min(runs, key=lambda r: r["wall"])
+        first = cli_run(run, Path(tmp) / "first", False, args.threads)
+        plain = min((cli_run(run, Path(tmp) / f"out{i}", False, args.threads) for i in range(3)),
+                    key=lambda r: r["wall"])
         with_sr = cli_run(run, Path(tmp) / "out-sr", True, args.threads)
+        eager = min((cli_run(run, Path(tmp) / f"eager{i}", False, args.threads, traced=False) for i in range(3)),
+                    key=lambda r: r["wall"])
     warm = in_process(run)
     model_floor = warm["model_gflop"] / warm["gflops_rate"]
     text_floor = warm["text_tower_gflop"] / warm["gflops_rate"] if warm["text_tower_gflop"] else float("nan")
-    print(f"\n`noduleclip predict` on LIDC-IDRI-0001, one nodule, {warm['folds']} folds at {warm['image_size']} px "
-          f"(best wall of 3 processes; with --dicom-sr once)")
-    print(f"{'stage':<20}{'seconds':>9}{'with SR':>9}")
+    lora = "LoRA in every image block" if args.lora_image_blocks is None else \
+        f"LoRA in the top {args.lora_image_blocks} image block(s)"
+    print(f"\n`noduleclip predict` on LIDC-IDRI-0001, one nodule, {warm['folds']} folds at {warm['image_size']} px, "
+          f"{lora}, rank {args.lora_rank}")
+    print("first: the first predict of this kind of model (traces its image tower); traced: later ones, best of 3; "
+          "with SR: once, traced; built: the tower built with transformers each time, best of 3 (the reference)")
+    columns = {"first": first, "traced": plain, "with SR": with_sr, "built": eager}
+    print(f"{'stage':<20}" + "".join(f"{c:>9}" for c in columns))
     for name in ("start_and_imports", *STAGES):
-        print(f"{name:<20}{plain.get(name, float('nan')):>9.2f}{with_sr.get(name, float('nan')):>9.2f}")
-    print(f"{'whole process':<20}{plain['wall']:>9.2f}{with_sr['wall']:>9.2f}   goal < 4 s")
-    print(f"{'CPU time (user+sys)':<20}{plain['cpu']:>9.2f}{with_sr['cpu']:>9.2f}")
+        print(f"{name:<20}" + "".join(f"{r.get(name, float('nan')):>9.2f}" for r in columns.values()))
+    print(f"{'whole process':<20}" + "".join(f"{r['wall']:>9.2f}" for r in columns.values()) + "   goal < 4 s")
+    print(f"{'CPU time (user+sys)':<20}" + "".join(f"{r['cpu']:>9.2f}" for r in columns.values()))
+    print(f"traced tower: predict {eager['wall'] / plain['wall']:.2f}x faster than the built one "
+          f"({plain['wall']:.2f} s against {eager['wall']:.2f} s)")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     print(f"\nFLOP floor (2048^3 float32 matmul {warm['gflops_rate']:.1f} GFLOP/s)")
     print(f"{'part':<38}{'GFLOP':>8}{'floor s':>9}{'warm s':>9}{'x floor':>9}{'in CLI s':>10}{'x floor':>9}")

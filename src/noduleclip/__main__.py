@@ -1,3 +1,3 @@
-from noduleclip.cli import main
+from noduleclip.cli import run
 
-raise SystemExit(main())
+run()

@@ -19,6 +19,7 @@ from ..atomic import staged_dir
 from ..errors import InputError
 from ..typed_json import read_json_object
 from .model import ModelConfig, NoduleClipModel, create_model_from_config
+from .traced import image_only_from_trace, load_traced_tower, trace_tower, traced_tower_path
 
 TEXT_PREFIXES = ("text.", "text_projection.", "text_head.")  # what an image-only model leaves out of a saved one
 WEIGHTS_FILE = "model.safetensors"
@@ -91,7 +92,9 @@ def load_model(folder: str | Path, weights: str | Path | None = None, device: st
     """Rebuild a saved model (towers from the registry, `weights` or the saved weights path) in eval mode.
 
     `image_only`: leave the text tower out (faster to build; for risks and image embeddings). A model saved before
-    the image tower had a fingerprint of its own cannot be checked without its text tower: it is built whole.
+    the image tower had a fingerprint of its own cannot be checked without its text tower: it is built whole. On
+    the CPU, an image-only load reads the image tower traced by an earlier one where the cache holds it, and
+    traces it otherwise (`noduleclip.model.traced`).
     """
     folder = Path(folder)
     saved, document = read_model_config(folder)
@@ -103,7 +106,12 @@ def load_model(folder: str | Path, weights: str | Path | None = None, device: st
     if config.weights is not None:
         check_safetensors_weights(config.weights, str(folder / CONFIG_FILE) if weights is None else "weights=")
     image_only = image_only and bool(saved.vision_fingerprint) and not document.get("towers_saved")
-    model = create_model_from_config(config, image_only)  # fills in the built fields afresh, from these towers
+    traced = traced_tower_path(config, device) if image_only else None
+    tower = load_traced_tower(traced) if traced is not None else None
+    if tower is not None:  # the image tower as recorded by an earlier load: no transformers, no peft
+        model = image_only_from_trace(config, tower)
+    else:
+        model = create_model_from_config(config, image_only)  # fills in the built fields afresh, from these towers
     built, trained = ((model.config.vision_fingerprint, saved.vision_fingerprint) if image_only
                       else (model.config.tower_fingerprint, saved.tower_fingerprint))
     if not document.get("towers_saved") and built != trained:
@@ -129,4 +137,6 @@ def load_model(folder: str | Path, weights: str | Path | None = None, device: st
         raise InputError(f"{folder / WEIGHTS_FILE} has tensors of the wrong shape ({wrong[:3]}); it was saved from "
                          "another configuration.")
     model.load_state_dict(state, strict=False)
+    if traced is not None and tower is None and built == trained:
+        trace_tower(model, traced)  # for the next image-only load of a model of this kind
     return model.to(device).eval()

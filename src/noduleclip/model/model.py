@@ -27,7 +27,7 @@ from .backbones import DEFAULT_BACKBONE, BackboneConfig, config_from_dict, get_b
 from .dropout import use_fast_dropout
 from .heads import ProjectionHead, malignancy_head
 from .mil import AttentionMIL
-from .towers import Towers, build_towers, tower_fingerprint
+from .towers import Towers, TracedVisionTower, build_towers, tower_fingerprint
 
 TUNING_MODES = ("lora", "probe", "finetune", "vision-only")
 TOWER_PREFIXES = ("vision.", "text.")
@@ -225,16 +225,18 @@ class NoduleClipModel(nn.Module):
 
     # -- tuning -------------------------------------------------------------------------------------------
     def _apply_tuning(self) -> None:
-        from peft import LoraConfig, inject_adapter_in_model  # imported on first use: loading peft takes seconds
-
-        towers = [tower for tower in (self.vision, self.text) if tower is not None]
+        # a traced image tower was recorded with its adapters (and needs no peft, which takes seconds to import)
+        towers = [tower for tower in (self.vision, self.text) if tower is not None
+                  and not isinstance(tower, TracedVisionTower)]
         for parameter in self.parameters():
             parameter.requires_grad_(self.config.tuning == "finetune")
         for name, parameter in self.named_parameters():
             if not name.startswith(TOWER_PREFIXES):
                 parameter.requires_grad_(True)
-        if self.config.tuning not in ("lora", "vision-only"):
+        if self.config.tuning not in ("lora", "vision-only") or not towers:
             return
+        from peft import LoraConfig, inject_adapter_in_model  # imported on first use: loading peft takes seconds
+
         lora = self.config.lora
         for tower in towers:
             targets = _lora_targets(tower.model, lora.target_names)
@@ -285,10 +287,10 @@ class NoduleClipModel(nn.Module):
         All of them when probing; those below the LoRA blocks when LoRA is limited to the top blocks.
         """
         if self.config.tuning == "probe":
-            return len(self.vision.blocks)
+            return self.vision.depth
         image_blocks = self.config.lora.image_blocks
         if self.config.tuning in ("lora", "vision-only") and image_blocks is not None:
-            return len(self.vision.blocks) - image_blocks
+            return self.vision.depth - image_blocks
         return 0
 
     def image_prefix(self, views: torch.Tensor, batch_size: int = 32, progress: bool = False) -> torch.Tensor:

@@ -79,6 +79,11 @@ class VisionTower(nn.Module):
         """The transformer blocks, bottom first."""
         return self.model.vision_model.encoder.layers if self.family == "clip" else self.model.encoder.layer
 
+    @property
+    def depth(self) -> int:
+        """How many transformer blocks the tower has."""
+        return len(self.blocks)
+
     def hidden_states(self, pixel_values: torch.Tensor, blocks: int) -> torch.Tensor:
         """(N, tokens, width) hidden states after the patch embedding and the first `blocks` blocks."""
         return _in_chunks(lambda part: self._hidden_states(part, blocks), pixel_values)
@@ -133,6 +138,40 @@ class VisionTower(nn.Module):
         return token + block.drop_path(block.layer_scale2(block.mlp(block.norm2(token))))
 
 
+class TracedVisionTower(nn.Module):
+    """A `VisionTower` recorded as TorchScript (see `noduleclip.model.traced`), for inference only.
+
+    `model` is the script module; its parameters carry the same names as the recorded tower's (LoRA adapters
+    included), so a fold's saved tensors load into it as into the tower itself. It was recorded split after
+    block `split` (the model's frozen blocks), the one split its `hidden_states` and `finish` accept.
+    """
+
+    def __init__(self, script: nn.Module, dim: int, depth: int, split: int, fingerprint: str, weights_source: str):
+        super().__init__()
+        self.model = script
+        self.dim, self.depth, self.split = dim, depth, split
+        self.fingerprint, self.weights_source = fingerprint, weights_source
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.hidden_states(pixel_values, self.split), self.split)
+
+    def _check_split(self, blocks: int) -> None:
+        if blocks != self.split:
+            raise ValueError(f"this traced image tower was recorded split after block {self.split}, not {blocks}")
+
+    # TorchScript's optimising executor profiles the first calls and recompiles: slower for the few calls of one
+    # inference, so the recorded graph runs as it is (its operations are the eager tower's)
+    def hidden_states(self, pixel_values: torch.Tensor, blocks: int) -> torch.Tensor:
+        self._check_split(blocks)
+        with torch.jit.optimized_execution(False):
+            return _in_chunks(self.model.traced_prefix, pixel_values)
+
+    def finish(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
+        self._check_split(start)
+        with torch.jit.optimized_execution(False):
+            return _in_chunks(self.model.traced_finish, hidden)
+
+
 def _in_chunks(compute, inputs: torch.Tensor) -> torch.Tensor:
     """`compute(inputs)`, in parts of `CPU_INFERENCE_CHUNK` rows when it runs on a CPU without autograd (each row is
     computed on its own, so the result is the same); in one call otherwise (training keeps its batch whole)."""
@@ -179,7 +218,7 @@ class TextTower(nn.Module):
 class Towers:
     """What `build_towers` returns: the towers and a description of where their weights came from."""
 
-    vision: VisionTower
+    vision: VisionTower | TracedVisionTower
     text: TextTower | None
     weights_source: str
     tokenizer_kind: str
