@@ -20,6 +20,7 @@ from noduleclip.preprocess.acquisition import (
 from noduleclip.preprocess.views import ViewConfig, crop_for_views, sample_planes
 from noduleclip.train import TrainConfig, train_run
 from noduleclip.train import cv as cv_module
+from noduleclip.train.splits import SplitPlan
 
 RANGES = {"thick": (1.5, 5.0), "smooth": (0.4, 2.0), "sharp": (0.25, 1.5), "noise": (5.0, 40.0)}
 ORDER = {"thick": 0, "smooth": 1, "sharp": 1, "noise": 2}
@@ -81,8 +82,9 @@ def test_acquisition_augmentation_needs_a_copy_to_train_on():
                          ids=["views", "frozen-blocks"])
 def test_training_reads_the_re_rendered_copies_and_repeats_exactly(tiny_run, tiny_cohort, tmp_path,
                                                                   monkeypatch, extra):
-    """The run asks for augment-variants - 1 copies of every nodule in manifest order, its training differs from
-    the plain run from the first epoch on, and the same settings give the same run again."""
+    """The run asks for augment-variants - 1 copies of every nodule some fold trains on (not the held-out test
+    nodules), in manifest order; its training differs from the plain run from the first epoch on, and the same
+    settings give the same run again."""
     calls = []
 
     def recording(records, copies, *args, **kwargs):
@@ -93,8 +95,9 @@ def test_training_reads_the_re_rendered_copies_and_repeats_exactly(tiny_run, tin
     config = TrainConfig(**{**BASE, "epochs": 1, "augment_variants": 3, "acquisition_augmentation": True, **extra},
                          cache=str(tiny_cohort.cache))
     runs = [train_run(tiny_cohort.manifest, tmp_path / name, config) for name in ("one", "two")]
-    manifest = [r.nodule_id for r in NoduleManifest.read(tiny_cohort.manifest)]
-    assert calls == [(manifest, 2), (manifest, 2)]
+    test = set(SplitPlan.read_csv(runs[0].run / "splits.csv").test_ids())
+    trained = [r.nodule_id for r in NoduleManifest.read(tiny_cohort.manifest) if r.nodule_id not in test]
+    assert test and calls == [(trained, 2), (trained, 2)]
     assert_same_results(runs[0].run, runs[1].run)
     if not extra:
         def first_losses(run):
@@ -109,7 +112,6 @@ def test_the_frozen_blocks_run_once_on_every_nodule_and_again_only_on_those_a_fo
     on): the frozen blocks see all nodules once, then the training nodules' turned versions, nothing more."""
     from noduleclip.model.model import NoduleClipModel
     from noduleclip.train.dataset import augmented_variants
-    from noduleclip.train.splits import SplitPlan
 
     seen: list[torch.Tensor] = []
     original = NoduleClipModel.image_prefix

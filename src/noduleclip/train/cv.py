@@ -353,8 +353,8 @@ def _training_inputs(probe: NoduleClipModel, views: torch.Tensor, config: TrainC
     main = accelerator.is_main_process
     unfinished = any(read_done(run / f"fold_{k}") is None for k in range(config.folds))
     prefixed = probe.frozen_image_blocks > 0 and unfinished
-    copies = _acquisition_copies(records, views, config, main) if config.acquisition_augmentation and unfinished \
-        else None
+    copies = _acquisition_copies(records, views, config, main, test_ids) \
+        if config.acquisition_augmentation and unfinished else None
     if not prefixed:
         if copies is None:
             return _Inputs(views, views, False, False)
@@ -382,13 +382,21 @@ def _training_inputs(probe: NoduleClipModel, views: torch.Tensor, config: TrainC
     return _Inputs(versions, versions[:, 0], True, True)
 
 
-def _acquisition_copies(records: list, views: torch.Tensor, config: TrainConfig, main: bool) -> list[torch.Tensor]:
-    """augment-variants - 1 copies of every nodule's views, its scan re-rendered under a scanner protocol drawn at
-    random (the same for the same seed), cut as the cache cuts them."""
+def _acquisition_copies(records: list, views: torch.Tensor, config: TrainConfig, main: bool,
+                        test_ids: set[str]) -> list[torch.Tensor]:
+    """augment-variants - 1 copies of the nodules' views, each scan re-rendered under a scanner protocol drawn at
+    random (the same for the same seed and nodule), cut as the cache cuts them. Only the nodules that some fold
+    trains on are re-rendered: a held-out test nodule is never trained on, so its rows keep its views as cut."""
+    trained = [i for i, r in enumerate(records) if r.nodule_id not in test_ids]
     workers = default_workers() if config.workers is None else max(1, config.workers)
-    copies = acquisition_views(records, config.augment_variants - 1, config.views, config.seed, workers,
-                               progress=config.progress and main)
-    return [torch.from_numpy(c).to(views.dtype) for c in copies]
+    copies = acquisition_views([records[i] for i in trained], config.augment_variants - 1, config.views, config.seed,
+                               workers, progress=config.progress and main)
+    whole = []
+    for copy in copies:
+        full = views.clone()
+        full[trained] = torch.from_numpy(copy).to(views.dtype)
+        whole.append(full)
+    return whole
 
 
 def _fold(k: int, config: TrainConfig, plan: SplitPlan, manifest: NoduleManifest, features: list[dict],
