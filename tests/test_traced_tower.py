@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -14,7 +15,7 @@ import torch
 from noduleclip.ensemble import RunEnsemble
 from noduleclip.model import LoraSettings, create_model, load_model, read_model_config, save_model
 from noduleclip.model.towers import TracedVisionTower, VisionTower
-from noduleclip.model.traced import TRACE_ENV, traced_tower_path
+from noduleclip.model.traced import KEEP_TRACED, TRACE_ENV, traced_tower_path
 
 
 @pytest.fixture
@@ -121,3 +122,30 @@ def test_the_cache_names_each_kind_of_tower_apart_and_can_be_turned_off(tmp_path
     assert traced_tower_path(config) is None
     load_model(folder, image_only=True)
     assert not (cache / "traced").exists()
+
+
+def test_the_cache_keeps_the_most_recently_used_traced_towers(tmp_path, cache):
+    _, folder = _trained_like(tmp_path, "m")
+    stale = cache / "traced"
+    stale.mkdir(parents=True)
+    for i in range(KEEP_TRACED + 1):  # older files of other models, the last one used most recently
+        (stale / f"old-{i}.pt").write_bytes(b"x")
+        os.utime(stale / f"old-{i}.pt", (1_000_000 + i, 1_000_000 + i))
+    load_model(folder, image_only=True)
+    path = traced_tower_path(read_model_config(folder)[0])
+    kept = sorted(p.name for p in stale.glob("*.pt"))
+    assert len(kept) == KEEP_TRACED and path.name in kept
+    assert kept[:-1] == [f"old-{i}.pt" for i in range(KEEP_TRACED + 1 - (KEEP_TRACED - 1), KEEP_TRACED + 1)]
+
+
+def test_the_cache_key_follows_the_tower_libraries_and_code(tmp_path, cache, monkeypatch):
+    from importlib import metadata
+
+    from noduleclip.model import traced
+
+    _, folder = _trained_like(tmp_path, "m")
+    config = read_model_config(folder)[0]
+    path = traced_tower_path(config)
+    assert metadata.version("transformers") in traced._code_versions()
+    monkeypatch.setattr(traced, "_code_versions", lambda: ["another", "version"])
+    assert traced_tower_path(config) != path

@@ -10,8 +10,9 @@ keeps the tower's parameter names.
 
 The trace records the operations the tower's own code ran, so it computes the same numbers (checked when it
 is made, on a batch of another size than the one traced, and in the tests). A file is named by a digest of
-everything its graph and frozen weights depend on: noduleclip's and torch's versions, the backbone, image
-size, tower weights and their fingerprint, and the LoRA settings. A file that cannot be read is rebuilt;
+everything its graph and frozen weights depend on: the versions of noduleclip, torch, transformers and peft,
+the towers' code, the backbone, image size, tower weights and their fingerprint, and the LoRA settings. The
+cache keeps the four most recently used (a DINOv2 ViT-S tower is 90 MB). A file that cannot be read is rebuilt;
 where TorchScript (deprecated in recent torch) no longer traces or loads, the towers are built as before.
 `NODULECLIP_TRACED_TOWER=0` turns the cache off.
 """
@@ -25,12 +26,14 @@ import os
 import types
 import warnings
 from dataclasses import replace
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from ..atomic import atomic_path
 from ..version import __version__
+from . import towers
 from .backbones import get_backbone
 from .convert import cache_dir
 from .model import ModelConfig, NoduleClipModel, resolve_config
@@ -38,6 +41,7 @@ from .towers import Towers, TracedVisionTower, VisionTower
 
 TRACE_ENV = "NODULECLIP_TRACED_TOWER"
 TRACE_FORMAT = 1
+KEEP_TRACED = 4  # traced towers kept in the cache, the most recently used (a DINOv2 ViT-S one is 90 MB)
 _META = "noduleclip.json"  # the file's description, stored inside it (TorchScript's extra files)
 _log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ def traced_tower_path(config: ModelConfig, device: str = "cpu") -> Path | None:
     backbone = get_backbone(resolved.backbone)
     lora = resolved.lora if resolved.tuning in ("lora", "vision-only") else None
     key = {
-        "format": TRACE_FORMAT, "noduleclip": __version__, "torch": torch.__version__,
+        "format": TRACE_FORMAT, "code": _code_versions(),
         "backbone": [backbone.name, backbone.vision_family, backbone.vision_config, backbone.image_size],
         "image_size": resolved.image_size, "weights": resolved.weights, "random_init": resolved.random_init,
         "tower_seed": resolved.tower_seed, "tuning": resolved.tuning, "fingerprint": resolved.vision_fingerprint,
@@ -63,6 +67,19 @@ def traced_tower_path(config: ModelConfig, device: str = "cpu") -> Path | None:
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return cache_dir() / "traced" / f"{backbone.name}-{digest}.pt"
+
+
+def _code_versions() -> list[str]:
+    """What the recorded graph depends on besides the settings: the versions of noduleclip, torch, transformers and
+    peft (read from their metadata, without importing them) and a digest of the towers' own code."""
+    versions = [__version__, torch.__version__]
+    for package in ("transformers", "peft"):
+        try:
+            versions.append(metadata.version(package))
+        except metadata.PackageNotFoundError:
+            versions.append("")
+    versions.append(hashlib.sha256(Path(towers.__file__).read_bytes()).hexdigest()[:16])
+    return versions
 
 
 def load_traced_tower(path: Path) -> TracedVisionTower | None:
@@ -75,6 +92,7 @@ def load_traced_tower(path: Path) -> TracedVisionTower | None:
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice: the fallback is the eager build
             script = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         meta = json.loads(extra[_META])
+        os.utime(path)  # recently used: kept when the cache is pruned
         return TracedVisionTower(script, int(meta["dim"]), int(meta["depth"]), int(meta["split"]),
                                  str(meta["fingerprint"]), str(meta["weights_source"]))
     except (RuntimeError, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -117,6 +135,7 @@ def trace_tower(model: NoduleClipModel, path: Path) -> bool:
                     "fingerprint": model.config.vision_fingerprint, "weights_source": model.config.weights_source}
             with atomic_path(path) as tmp:
                 torch.jit.save(script, str(tmp), _extra_files={_META: json.dumps(meta)})
+        _prune(path.parent, keep=KEEP_TRACED)
         return True
     except (RuntimeError, OSError, ValueError, TypeError, AttributeError) as error:
         _log.debug("image tower not traced (%s: %s)", type(error).__name__, error)
@@ -124,6 +143,13 @@ def trace_tower(model: NoduleClipModel, path: Path) -> bool:
     finally:
         del network.traced_prefix, network.traced_finish
         tower.train(was_training)
+
+
+def _prune(folder: Path, keep: int) -> None:
+    """Remove all but the `keep` most recently used traced towers (each is the size of its tower's weights)."""
+    files = sorted(folder.glob("*.pt"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for old in files[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def image_only_from_trace(config: ModelConfig, tower: TracedVisionTower) -> NoduleClipModel:
