@@ -30,9 +30,9 @@ def _views(count: int, seed: int = 1) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).uniform(0, 1, (count, 9, 50, 50)).astype(np.float32))
 
 
-def _trained_like(tmp_path, name: str, **settings):
+def _trained_like(tmp_path, name: str, backbone_name: str = "tiny", **settings):
     """A saved tiny model whose adapters and heads are not at their initial values (as after training)."""
-    model = create_model("tiny", **settings)
+    model = create_model(backbone_name, **settings)
     with torch.no_grad():
         generator = torch.Generator().manual_seed(3)
         for parameter_name, parameter in model.named_parameters():
@@ -149,3 +149,22 @@ def test_the_cache_key_follows_the_tower_libraries_and_code(tmp_path, cache, mon
     assert metadata.version("transformers") in traced._code_versions()
     monkeypatch.setattr(traced, "_code_versions", lambda: ["another", "version"])
     assert traced_tower_path(config) != path
+
+
+def test_a_clip_image_tower_is_traced_as_well(tmp_path, cache, backbone_registry):
+    """The CLIP family (pre-layernorm, projection, its own attention names) through the same trace."""
+    from noduleclip.model.backbones import CLIP_VIT_B_32
+
+    backbone_registry["tiny-clip"] = replace(
+        CLIP_VIT_B_32, name="tiny-clip", image_size=32, patch_size=8, weights_source="random", hub_id=None,
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           patch_size=8, image_size=32, projection_dim=16),
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         max_position_embeddings=77, projection_dim=16))
+    model, folder = _trained_like(tmp_path, "clip", backbone_name="tiny-clip")
+    first, second = load_model(folder, image_only=True), load_model(folder, image_only=True)
+    assert isinstance(first.vision, VisionTower) and isinstance(second.vision, TracedVisionTower)
+    assert second.vision.dim == 16  # the projection's width, as the built tower's
+    views = _views(3)
+    torch.testing.assert_close(second.predict(views).image_embeds, first.predict(views).image_embeds,
+                               rtol=1e-5, atol=1e-6)
