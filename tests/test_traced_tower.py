@@ -168,3 +168,14 @@ def test_a_clip_image_tower_is_traced_as_well(tmp_path, cache, backbone_registry
     views = _views(3)
     torch.testing.assert_close(second.predict(views).image_embeds, first.predict(views).image_embeds,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_training_ends_with_the_image_tower_traced_for_predict(tiny_cohort, tmp_path, cache):
+    from helpers import BASE
+    from noduleclip.predict.api import NoduleClip
+    from noduleclip.train import TrainConfig, train_run
+
+    run = train_run(tiny_cohort.manifest, tmp_path / "run",
+                    TrainConfig(**{**BASE, "epochs": 1}, cache=str(tiny_cohort.cache))).run
+    assert traced_tower_path(read_model_config(run / "fold_0" / "best")[0]).is_file()
+    assert isinstance(NoduleClip.load(run).ensemble.network.vision, TracedVisionTower)  # the first predict reads it

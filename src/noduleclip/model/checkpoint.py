@@ -140,3 +140,14 @@ def load_model(folder: str | Path, weights: str | Path | None = None, device: st
     if traced is not None and tower is None and built == trained:
         trace_tower(model, traced)  # for the next image-only load of a model of this kind
     return model.to(device).eval()
+
+
+def trace_for_inference(folder: str | Path) -> Path | None:
+    """Trace the image tower of the saved model in `folder` into the cache now, unless it is there already, so that
+    the first image-only load (`predict`) reads it instead of importing transformers and peft (training ends with
+    this). Returns the traced file, or None where none is kept (see `noduleclip.model.traced`)."""
+    path = traced_tower_path(read_model_config(folder)[0])
+    if path is not None and not path.is_file():
+        load_model(folder, image_only=True)
+    return path if path is not None and path.is_file() else None
+

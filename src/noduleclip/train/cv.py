@@ -46,6 +46,7 @@ from noduleclip.ensemble import RunEnsemble
 from noduleclip.errors import InputError
 from noduleclip.metrics.calibration import calibrate_run
 from noduleclip.model import NoduleClipModel
+from noduleclip.model.checkpoint import trace_for_inference
 from noduleclip.preprocess.acquisition import acquisition_views
 from noduleclip.preprocess.cache import ViewCache
 from noduleclip.preprocess.pipeline import default_workers, preprocess_manifest
@@ -296,8 +297,9 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
             if main:
                 _evaluate(run, config, plan, manifest.records, views, folds, device_name(accelerator.device))
                 calibrate_run(run)  # calibrator.json from the out-of-fold predictions just written
-                if config.tuning != "vision-only":  # predict reads them instead of building the text tower
+                if config.tuning != "vision-only":  # predict reads them instead of building the text tower,
                     RunEnsemble.load(run, device_name(accelerator.device)).write_prompt_embeddings()
+                    trace_for_inference(fold_model_folder(run, 0))  # and the image tower traced, from the cache
                 write_model_card(run, manifest)  # MODEL_CARD.md and model_card.json, from the files just written
                 _log_run_metrics(accelerator, run)
             accelerator.wait_for_everyone()
