@@ -46,3 +46,20 @@ def test_a_command_still_gets_its_own_options(capsys):
         main(["predict", "--help"])
     assert stop.value.code == 0
     assert "--coord" in capsys.readouterr().out
+
+
+def test_the_program_exits_with_the_commands_code_and_its_output_written(tmp_path):
+    """`python -m noduleclip` (as the console script) goes through `cli.run`, which freezes the collector before
+    exiting: the exit code is still the command's, and what it printed and wrote is whole."""
+    from helpers import make_volume, write_nifti_ras
+
+    missing = tmp_path / "no-such-scan.nii.gz"
+    failed = subprocess.run([sys.executable, "-m", "noduleclip", "views", str(missing), "--out",
+                             str(tmp_path / "a.png")], capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and failed.stderr.startswith("noduleclip views: error:")
+    assert "no-such-scan.nii.gz" in failed.stderr and not (tmp_path / "a.png").exists()
+    scan = write_nifti_ras(make_volume(), tmp_path / "scan.nii")
+    done = subprocess.run([sys.executable, "-m", "noduleclip", "views", str(scan), "--out", str(tmp_path / "b.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and str(tmp_path / "b.png") in done.stdout and done.stdout.endswith("\n")
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
