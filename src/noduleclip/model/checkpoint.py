@@ -19,7 +19,7 @@ from ..atomic import staged_dir
 from ..errors import InputError
 from ..typed_json import read_json_object
 from .model import ModelConfig, NoduleClipModel, create_model_from_config
-from .traced import image_only_from_trace, load_traced_tower, trace_tower, traced_tower_path
+from .traced import load_traced_tower, trace_tower, traced_tower_path
 
 TEXT_PREFIXES = ("text.", "text_projection.", "text_head.")  # what an image-only model leaves out of a saved one
 WEIGHTS_FILE = "model.safetensors"
@@ -107,11 +107,8 @@ def load_model(folder: str | Path, weights: str | Path | None = None, device: st
         check_safetensors_weights(config.weights, str(folder / CONFIG_FILE) if weights is None else "weights=")
     image_only = image_only and bool(saved.vision_fingerprint) and not document.get("towers_saved")
     traced = traced_tower_path(config, device) if image_only else None
-    tower = load_traced_tower(traced) if traced is not None else None
-    if tower is not None:  # the image tower as recorded by an earlier load: no transformers, no peft
-        model = image_only_from_trace(config, tower)
-    else:
-        model = create_model_from_config(config, image_only)  # fills in the built fields afresh, from these towers
+    tower = load_traced_tower(traced) if traced is not None else None  # recorded by an earlier load: no transformers
+    model = create_model_from_config(config, image_only, tower)  # fills in the built fields afresh, from these towers
     built, trained = ((model.config.vision_fingerprint, saved.vision_fingerprint) if image_only
                       else (model.config.tower_fingerprint, saved.tower_fingerprint))
     if not document.get("towers_saved") and built != trained:

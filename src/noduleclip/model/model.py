@@ -422,20 +422,27 @@ def create_model(name: str = DEFAULT_BACKBONE, tuning: str = "lora", image_size:
     return create_model_from_config(config)
 
 
-def create_model_from_config(config: ModelConfig, image_only: bool = False) -> NoduleClipModel:
+def create_model_from_config(config: ModelConfig, image_only: bool = False,
+                             traced: TracedVisionTower | None = None) -> NoduleClipModel:
     """Resolve `config` (left unchanged), build its towers and assemble the model around them.
 
     The model's configuration is the resolved one, with where the tower weights came from, the tokenizer and the
     towers' fingerprints (taken before any tuning) filled in. Random towers are rebuilt exactly from `tower_seed`.
     `image_only`: leave the text tower out (inference without text; see `NoduleClipModel`); the fingerprint of
-    both towers is then left empty, as only the image tower's can be taken.
+    both towers is then left empty, as only the image tower's can be taken. `traced`: an image-only model around
+    this traced image tower instead of a built one (`noduleclip.model.traced`; it carries its own fingerprint).
     """
     resolved = resolve_config(config)
     assert resolved.image_size is not None  # resolve_config fills it in
-    towers = build_towers(get_backbone(resolved.backbone), resolved.image_size, weights=resolved.weights,
-                          random_init=resolved.random_init,
-                          with_text=resolved.tuning != "vision-only" and not image_only, seed=resolved.tower_seed)
+    if traced is not None:
+        image_only = True
+        towers = Towers(traced, None, traced.weights_source, "none")
+    else:
+        towers = build_towers(get_backbone(resolved.backbone), resolved.image_size, weights=resolved.weights,
+                              random_init=resolved.random_init,
+                              with_text=resolved.tuning != "vision-only" and not image_only, seed=resolved.tower_seed)
+    vision_fingerprint = traced.fingerprint if traced is not None else tower_fingerprint(towers.vision)
     resolved = replace(resolved, weights_source=towers.weights_source, tokenizer=towers.tokenizer_kind,
                        tower_fingerprint="" if image_only else tower_fingerprint(towers.vision, towers.text),
-                       vision_fingerprint=tower_fingerprint(towers.vision))
+                       vision_fingerprint=vision_fingerprint)
     return NoduleClipModel(resolved, towers, image_only=image_only)

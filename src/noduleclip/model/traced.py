@@ -25,7 +25,6 @@ import logging
 import os
 import types
 import warnings
-from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from . import towers
 from .backbones import get_backbone
 from .convert import cache_dir
 from .model import ModelConfig, NoduleClipModel, resolve_config
-from .towers import Towers, TracedVisionTower, VisionTower
+from .towers import TracedVisionTower, VisionTower
 
 TRACE_ENV = "NODULECLIP_TRACED_TOWER"
 TRACE_FORMAT = 1
@@ -151,9 +150,3 @@ def _prune(folder: Path, keep: int) -> None:
     for old in files[keep:]:
         old.unlink(missing_ok=True)
 
-
-def image_only_from_trace(config: ModelConfig, tower: TracedVisionTower) -> NoduleClipModel:
-    """An image-only model of the saved `config` around a traced image tower (no transformers, no peft)."""
-    resolved = replace(resolve_config(config), weights_source=tower.weights_source, tokenizer="none",
-                       tower_fingerprint="", vision_fingerprint=tower.fingerprint)
-    return NoduleClipModel(resolved, Towers(tower, None, tower.weights_source, "none"), image_only=True)
