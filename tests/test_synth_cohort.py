@@ -4,6 +4,7 @@ determinism, and clear errors for bad input."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from noduleclip.errors import InputError
 from noduleclip.io.readers import read_volume
 from noduleclip.semantics.schema import validate_features
 from noduleclip.synth import make_cohort
+from noduleclip.synth.dicom import SliceEncoder
 from noduleclip.synth.presets import get_preset
 
 TINY = get_preset("tiny")
@@ -138,6 +140,26 @@ def test_workers_do_not_change_the_output(tmp_path):
     parallel = make_cohort(tmp_path / "parallel", patients=2, seed=4, preset="tiny", workers=2).parent
     for path in sorted(p for p in serial.rglob("*") if p.is_file()):
         assert path.read_bytes() == (parallel / path.relative_to(serial)).read_bytes(), path
+
+
+def test_slice_files_are_the_bytes_pydicom_writes(tmp_path, monkeypatch):
+    """The series writer encodes what every slice shares once; each file must still be what save_as writes."""
+    fast = make_cohort(tmp_path / "fast", patients=4, seed=2, preset="tiny").parent
+
+    def save_as(self, ds) -> bytes:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    monkeypatch.setattr(SliceEncoder, "encode", save_as)
+    reference = make_cohort(tmp_path / "reference", patients=4, seed=2, preset="tiny").parent
+    files = sorted(p for p in reference.rglob("*.dcm"))
+    assert len(files) > 20
+    for path in files:
+        assert (fast / path.relative_to(reference)).read_bytes() == path.read_bytes(), path
+    signs = {int(pydicom.dcmread(sorted(f.glob("*.dcm"))[0], stop_before_pixels=True).PixelRepresentation)
+             for f in (fast / "images").iterdir()}
+    assert signs == {0, 1}  # both pixel encodings (12-bit unsigned, signed 16-bit with padding) were compared
 
 
 def test_prevalence_can_be_set(tmp_path):

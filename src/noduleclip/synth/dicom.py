@@ -6,6 +6,9 @@ PixelSpacing, SliceThickness) and the CT image module (RescaleSlope/Intercept to
 patients get 12-bit unsigned pixels (intercept -1024), the others signed 16-bit pixels with padding
 outside the reconstruction circle, as different vendors write them. UIDs derive from the cohort's
 seed and dates are fixed, so the same seed gives byte-identical files.
+
+The elements that are the same on every slice are encoded once per series (`SliceEncoder`); each
+file is the bytes pydicom's `save_as` writes for it, at about a quarter of the time.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element, write_file_meta_info
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from noduleclip.synth.scanner import Scan
@@ -43,6 +49,48 @@ def _uid(key: str, *parts: object) -> str:
 
 def _ds(values) -> list[str]:
     return [f"{float(v):.6f}".rstrip("0").rstrip(".") if abs(float(v)) > 1e-9 else "0" for v in values]
+
+
+# what changes from slice to slice (besides the file meta's MediaStorageSOPInstanceUID)
+SLICE_TAGS = tuple(Tag(name) for name in ("SOPInstanceUID", "AcquisitionTime", "ContentTime", "InstanceNumber",
+                                          "ImagePositionPatient", "SliceLocation", "PixelData"))
+
+
+class SliceEncoder:
+    """Encodes the files of a series (Explicit VR Little Endian, no sequences) as `Dataset.save_as(path,
+    enforce_file_format=True)` does, with the elements outside `varying` encoded once, from the first dataset."""
+
+    def __init__(self, ds: Dataset, varying: tuple[BaseTag, ...] = SLICE_TAGS):
+        self.encodings = ds.get("SpecificCharacterSet", "iso8859")
+        self.parts: list[bytes | BaseTag] = []  # the dataset's elements in tag order: encoded, or to encode per slice
+        for tag in sorted(ds.keys()):
+            if tag.element == 0 and tag.group > 6:  # retired group lengths are not written
+                continue
+            part = tag if tag in varying else self.element(ds, tag)
+            if isinstance(part, bytes) and self.parts and isinstance(self.parts[-1], bytes):
+                self.parts[-1] += part
+            else:
+                self.parts.append(part)
+
+    @staticmethod
+    def _buffer() -> DicomBytesIO:
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        return fp
+
+    def element(self, ds: Dataset, tag: BaseTag) -> bytes:
+        fp = self._buffer()
+        write_data_element(fp, correct_ambiguous_vr_element(ds[tag], ds, True), self.encodings)
+        return bytes(fp.getvalue())
+
+    def encode(self, ds: Dataset) -> bytes:
+        """The whole file of `ds`, which differs from the first dataset only in the `varying` elements and the file
+        meta."""
+        fp = self._buffer()
+        fp.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+        head = bytes(fp.getvalue())
+        return head + b"".join(part if isinstance(part, bytes) else self.element(ds, part) for part in self.parts)
 
 
 def write_series(folder: Path, hu: np.ndarray, scan: Scan, who: SeriesIdentity) -> list[Path]:
@@ -122,6 +170,7 @@ def write_series(folder: Path, hu: np.ndarray, scan: Scan, who: SeriesIdentity) 
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
     ds.PixelData = b""
     paths = []
+    encoder = None
     for k in range(hu.shape[0]):  # one dataset, updated per slice
         sop_uid = _uid(who.uid_key, "slice", k)
         position = scan.origin + normal * scan.thickness * k
@@ -132,6 +181,7 @@ def write_series(folder: Path, hu: np.ndarray, scan: Scan, who: SeriesIdentity) 
         ds.SliceLocation = _ds([position[2]])[0]
         ds.PixelData = np.ascontiguousarray(pixels[k]).tobytes()
         path = folder / f"CT{k + 1:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        encoder = encoder or SliceEncoder(ds)
+        path.write_bytes(encoder.encode(ds))
         paths.append(path)
     return paths
