@@ -66,6 +66,23 @@ def test_a_second_image_only_load_reads_the_traced_tower_and_computes_the_same(t
             second.vision.hidden_states(second.view_transform(views), 0)
 
 
+def test_a_vision_only_model_always_loads_through_the_traced_tower(tmp_path, cache):
+    """A vision-only model has no text tower to leave out: every load on the CPU is image-only, so the second
+    reads the trace (evaluate and predict of a vision-only run start without transformers too)."""
+    _, folder = _trained_like(tmp_path, "v", tuning="vision-only", lora=LoraSettings(rank=4, alpha=4.0))
+    first = load_model(folder)
+    assert isinstance(first.vision, VisionTower) and first.text is None
+    second = load_model(folder)
+    assert isinstance(second.vision, TracedVisionTower) and second.text is None
+    assert second.config.tuning == "vision-only" and not second.image_only
+    assert second.config.tower_fingerprint == first.config.tower_fingerprint  # the saved description, unchanged
+    views = _views(4)
+    a, b = first.predict(views), second.predict(views)
+    assert float((a.risk - 0.5).abs().max()) > 1e-3  # heads that read the image, not a constant
+    torch.testing.assert_close(b.risk, a.risk, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.view_attention, a.view_attention, rtol=1e-5, atol=1e-6)
+
+
 def test_the_traced_run_ensemble_swaps_each_folds_adapters_into_the_trace(tiny_run, cache):
     views = _views(3, seed=4)
     built = RunEnsemble.load(tiny_run.run, text=False)  # traces the tower (the cache was empty)

@@ -93,8 +93,8 @@ def load_model(folder: str | Path, weights: str | Path | None = None, device: st
 
     `image_only`: leave the text tower out (faster to build; for risks and image embeddings). A model saved before
     the image tower had a fingerprint of its own cannot be checked without its text tower: it is built whole. On
-    the CPU, an image-only load reads the image tower traced by an earlier one where the cache holds it, and
-    traces it otherwise (`noduleclip.model.traced`).
+    the CPU, an image-only load (a vision-only model always is one) reads the image tower traced by an earlier one
+    where the cache holds it, and traces it otherwise (`noduleclip.model.traced`).
     """
     folder = Path(folder)
     saved, document = read_model_config(folder)
@@ -105,7 +105,8 @@ def load_model(folder: str | Path, weights: str | Path | None = None, device: st
         raise InputError(f"The towers of {folder} were built from {config.weights}, which is gone; pass weights=... .")
     if config.weights is not None:
         check_safetensors_weights(config.weights, str(folder / CONFIG_FILE) if weights is None else "weights=")
-    image_only = image_only and bool(saved.vision_fingerprint) and not document.get("towers_saved")
+    image_only = (image_only or config.tuning == "vision-only") and bool(saved.vision_fingerprint) \
+        and not document.get("towers_saved")
     traced = traced_tower_path(config, device) if image_only else None
     tower = load_traced_tower(traced) if traced is not None else None  # recorded by an earlier load: no transformers
     model = create_model_from_config(config, image_only, tower)  # fills in the built fields afresh, from these towers
