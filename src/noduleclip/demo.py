@@ -27,7 +27,7 @@ def _size(default, help: str):
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo (the defaults take about 7.5 minutes on 2 cores with native bf16 and about 10 in float32,
+    """Sizes of the demo (the defaults take about 7.5 minutes on 2 cores with native bf16 and about 9.5 in float32,
     install excluded)."""
 
     train_patients: int = _size(150, "synthetic screening (low-dose) patients for training and the internal test")
