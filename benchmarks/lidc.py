@@ -530,6 +530,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "beside the contrastive loss (train's option; default 0: none)")
     parser.add_argument("--acquisition-augmentation", action="store_true",
                         help="train on copies of each crop re-rendered as other scanners would (train's option)")
+    parser.add_argument("--image-augmentation", action="store_true",
+                        help="train on views turned and mirrored at random (train's option; the eight symmetries of "
+                        "a square, --augment-variants fixed versions of each nodule)")
     parser.add_argument("--augment-variants", type=int, help="versions of each nodule with augmentation, the first "
                         "as it is (train's option; default 4)")
     parser.add_argument("--consistency-weight", type=float, default=0.0, help="weight of the consistency loss "
@@ -548,6 +551,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings["field_of_view"] = settings["field_of_view"] or None  # 0: the whole view
     if args.acquisition_augmentation:
         settings["acquisition_augmentation"] = True
+    if args.image_augmentation:
+        settings["image_augmentation"] = True
     if args.augment_variants:
         settings["augment_variants"] = args.augment_variants
     if args.semantic_weight:
@@ -632,6 +637,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"field of view {config.field_of_view or 50} mm, size weight {config.size_weight:g}, "
           + (f"acquisition augmentation ({config.augment_variants - 1} copies), "
              if config.acquisition_augmentation else "") +
+          (f"image augmentation ({config.augment_variants} versions), " if config.image_augmentation else "") +
           f"{f'semantic heads (weight {config.semantic_weight:g}), ' if config.semantic_weight else ''}"
           f"{f'consistency (weight {config.consistency_weight:g}), ' if config.consistency_weight else ''}"
           f"test fraction {config.test_fraction:g}" + (" (QUICK: not a result)" if args.quick else ""))
