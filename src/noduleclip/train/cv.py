@@ -299,7 +299,7 @@ def train_run(manifest_path: str | os.PathLike, out: str | os.PathLike, config: 
                 calibrate_run(run)  # calibrator.json from the out-of-fold predictions just written
                 if config.tuning != "vision-only":  # predict reads them instead of building the text tower,
                     RunEnsemble.load(run, device_name(accelerator.device)).write_prompt_embeddings()
-                trace_for_inference(fold_model_folder(run, 0))  # and the image tower traced, from the cache
+                trace_for_inference(fold_model_folder(run, 0))  # the image tower traced into the cache
                 write_model_card(run, manifest)  # MODEL_CARD.md and model_card.json, from the files just written
                 _log_run_metrics(accelerator, run)
             accelerator.wait_for_everyone()
